@@ -1,0 +1,175 @@
+"""RabbitMQ: the topology of design.md §2, the connection, and confirmed publishing.
+
+Every publish here waits for the broker's confirm, so "published" means "the broker has it".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Queue and exchange names, all starting with the configured prefix."""
+
+    prefix: str
+    delivery_limit: int = 5
+
+    @property
+    def requests(self) -> str:
+        return f"{self.prefix}.requests"
+
+    def work(self, provider: str) -> str:
+        return f"{self.prefix}.work.{provider}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def dlx(self) -> str:
+        return f"{self.prefix}.dlx"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}.dead"
+
+    def queue_arguments(self) -> dict[str, Any]:
+        # RabbitMQ 3.10 quorum queues have no default delivery limit: set one, or a poison message loops forever.
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dlx,
+        }
+
+
+class Broker:
+    """One robust connection, a confirmed publishing channel, and the declared topology."""
+
+    def __init__(self, url: str, topology: Topology) -> None:
+        self.url = url
+        self.topology = topology
+        self.connection: AbstractRobustConnection | None = None
+        self.channel: AbstractChannel | None = None
+        self.events_exchange: AbstractExchange | None = None
+        self.dlx_exchange: AbstractExchange | None = None
+
+    async def connect(self, *, connect_timeout_s: float = 10.0) -> None:
+        self.connection = await aio_pika.connect_robust(
+            self.url, timeout=connect_timeout_s, client_properties={"connection_name": "imaged"}
+        )
+        self.channel = await self.connection.channel(publisher_confirms=True)
+        await self.declare(self.channel, [])
+        self.events_exchange = await self.channel.get_exchange(self.topology.events)
+        self.dlx_exchange = await self.channel.get_exchange(self.topology.dlx)
+
+    @property
+    def is_connected(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed
+
+    async def declare(self, channel: AbstractChannel, providers: list[str]) -> dict[str, AbstractQueue]:
+        """Declare exchanges and queues (idempotent). Returns the queues by name."""
+        t = self.topology
+        await channel.declare_exchange(t.events, aio_pika.ExchangeType.TOPIC, durable=True)
+        dlx = await channel.declare_exchange(t.dlx, aio_pika.ExchangeType.FANOUT, durable=True)
+        dead = await channel.declare_queue(t.dead, durable=True, arguments={"x-queue-type": "quorum"})
+        await dead.bind(dlx)
+        queues = {t.dead: dead}
+        for name in [t.requests, *(t.work(p) for p in providers)]:
+            queues[name] = await channel.declare_queue(name, durable=True, arguments=t.queue_arguments())
+        return queues
+
+    async def open_consumer_channel(self, prefetch: int) -> AbstractChannel:
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None
+
+    def _require_channel(self) -> AbstractChannel:
+        if self.channel is None:
+            raise RuntimeError("broker is not connected")
+        return self.channel
+
+    async def publish_event(
+        self,
+        body: bytes,
+        routing_key: str,
+        headers: dict[str, Any],
+        message_id: str,
+        correlation_id: str | None,
+    ) -> None:
+        assert self.events_exchange is not None
+        await self.events_exchange.publish(
+            aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                headers=headers,
+            ),
+            routing_key=routing_key,
+        )
+
+    async def publish_to_queue(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+        expiration: float | None = None,
+    ) -> None:
+        """Publish through the default exchange (routing key = queue name), as publishers do."""
+        channel = self._require_channel()
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                headers=headers or {},
+                expiration=expiration,
+            ),
+            routing_key=queue,
+        )
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str, error: dict[str, Any]) -> None:
+        """Copy a message to the dead-letter exchange with the reason, before the caller acks the original."""
+        assert self.dlx_exchange is not None
+        headers = dict(message.headers or {})
+        headers["x-imaged-reason"] = reason
+        headers["x-imaged-error"] = json.dumps(error, ensure_ascii=False)[:4000]
+        headers["x-imaged-original-queue"] = message.routing_key or ""
+        await self.dlx_exchange.publish(
+            aio_pika.Message(
+                message.body,
+                content_type=message.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+                headers=headers,
+            ),
+            routing_key=message.routing_key or "",
+        )

@@ -1,0 +1,259 @@
+"""The command line: parse options, configure logging once, build settings, run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import SecretStr, ValidationError
+
+from . import __version__
+from .errors import ImagedError
+from .logs import configure_logging
+from .settings import Settings
+
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 2
+EXIT_CONFIG = 3
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where available (the daemon's loop), else the standard loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from exc
+    return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+@click.group()
+@click.version_option(__version__, prog_name="imaged")
+@click.option(
+    "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: IMAGED_LOG_LEVEL or INFO)"
+)
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
+    """imaged: image-generation requests from RabbitMQ, driven to images on disk."""
+    ctx.ensure_object(dict)
+    ctx.obj["log_level"] = log_level
+
+
+def _configure(ctx: click.Context, settings: Settings) -> None:
+    configure_logging(ctx.obj.get("log_level") or settings.log_level, settings.log_format)
+
+
+SIM_BANNER = """
+************************************************************************************
+*  SIMULATION MODE: no provider keys are in use. Requests go to imaged's built-in  *
+*  provider emulator at {url:<57}*
+*  and the images are generated test patterns, not real model output.             *
+************************************************************************************"""
+
+
+@main.command()
+@click.option(
+    "--simulate", is_flag=True, help="start the embedded provider emulator and point the providers at it"
+)
+@click.option(
+    "--simulate-without-keys",
+    is_flag=True,
+    help="simulate only when no provider key is configured (what `make run` uses)",
+)
+@click.option("--task-seconds", type=float, default=2.0, show_default=True, help="emulated task duration")
+@click.pass_context
+def run(ctx: click.Context, simulate: bool, simulate_without_keys: bool, task_seconds: float) -> None:
+    """Run the daemon until SIGTERM or Ctrl-C."""
+    settings = load_settings()
+    _configure(ctx, settings)
+    if simulate_without_keys and not settings.has_provider_keys():
+        simulate = True
+    try:
+        run_async(_run_daemon(settings, simulate, task_seconds))
+    except ImagedError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _run_daemon(settings: Settings, simulate: bool, task_seconds: float) -> None:
+    from .daemon import Daemon
+    from .simulator import Simulator, SimulatorConfig
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    simulator: Simulator | None = None
+    if simulate:
+        config = SimulatorConfig(task_seconds=task_seconds)
+        simulator = Simulator(config)
+        await simulator.start()
+        settings = simulated_settings(settings, simulator, config)
+        click.echo(SIM_BANNER.format(url=simulator.url), err=True)
+    try:
+        await Daemon(settings).run_until(stop)
+    finally:
+        if simulator is not None:
+            await simulator.stop()
+
+
+def simulated_settings(settings: Settings, simulator: Any, config: Any) -> Settings:
+    return settings.model_copy(
+        update={
+            "aliyun_api_key": SecretStr(config.dashscope_api_key),
+            "aliyun_base_url": simulator.dashscope_base_url,
+            "liblibai_access_key": SecretStr(config.liblib_access_key),
+            "liblibai_secret_key": SecretStr(config.liblib_secret_key),
+            "liblibai_base_url": simulator.liblib_base_url,
+        }
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8900, show_default=True, type=int)
+@click.option(
+    "--task-seconds", type=float, default=2.0, show_default=True, help="emulated task duration (0: instant)"
+)
+@click.option("--dashscope-key", default="sk-sim", show_default=True)
+@click.option("--access-key", default="sim-access", show_default=True, help="LiblibAI AccessKey")
+@click.option("--secret-key", default="sim-secret", show_default=True, help="LiblibAI SecretKey")
+@click.option("--no-limits", is_flag=True, help="lift the providers' concurrency and rate limits")
+@click.pass_context
+def simulate(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    task_seconds: float,
+    dashscope_key: str,
+    access_key: str,
+    secret_key: str,
+    no_limits: bool,
+) -> None:
+    """Run the provider emulator alone (DashScope at /api/v1, LiblibAI at /)."""
+    from .simulator import SimulatorConfig, run_simulator
+
+    settings = load_settings()
+    _configure(ctx, settings)
+    config = SimulatorConfig(
+        dashscope_api_key=dashscope_key,
+        liblib_access_key=access_key,
+        liblib_secret_key=secret_key,
+        task_seconds=task_seconds,
+    )
+    if no_limits:
+        config.liblib_concurrency_limit = None
+        config.liblib_submit_per_second = None
+        config.dashscope_concurrency_limit = None
+        config.dashscope_submit_per_second = None
+    click.echo(
+        f"emulator: DashScope at http://{host}:{port}/api/v1, LiblibAI at http://{host}:{port}", err=True
+    )
+    run_async(run_simulator(config, host, port))
+
+
+@main.command()
+@click.pass_context
+def setup(ctx: click.Context) -> None:
+    """Declare the RabbitMQ topology and create the MongoDB indexes."""
+    settings = load_settings()
+    _configure(ctx, settings)
+    run_async(_setup(settings))
+    click.echo("topology declared and indexes created")
+
+
+async def _setup(settings: Settings) -> None:
+    from .broker import Broker, Topology
+    from .catalog import Catalog
+    from .store import TaskStore
+
+    catalog = Catalog.load(settings.catalog_path)
+    store = TaskStore.connect(settings.mongodb_url.get_secret_value(), settings.mongodb_db)
+    broker = Broker(
+        settings.amqp_url.get_secret_value(), Topology(settings.amqp_prefix, settings.delivery_limit)
+    )
+    try:
+        await store.ensure_indexes()
+        await broker.connect()
+        assert broker.channel is not None
+        await broker.declare(broker.channel, catalog.providers())
+    finally:
+        await broker.close()
+        await store.close()
+
+
+@main.command()
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", help="model name (see config/models.toml)")
+@click.option("--prompt", help="the prompt (sets parameters.prompt)")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="a parameter; VALUE is JSON if it parses",
+)
+@click.option("--task-id", help="idempotency key")
+@click.option("--wait", is_flag=True, help="follow the task's events and exit non-zero unless it completes")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds to wait with --wait")
+@click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    file: Path | None,
+    model: str | None,
+    prompt: str | None,
+    params: tuple[str, ...],
+    task_id: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Publish one request (from FILE, a JSON request body, or from flags) to the request queue."""
+    settings = load_settings()
+    _configure(ctx, settings)
+    from .submit import build_request, submit_request
+
+    try:
+        body = build_request(file, model, prompt, params, task_id)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    code = run_async(submit_request(settings, body, wait=wait, wait_s=timeout, as_json=as_json))
+    sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--output", "-o", type=click.Path(file_okay=False, path_type=Path), help="write one file per schema"
+)
+def schema(output: Path | None) -> None:
+    """Print (or write) the JSON Schemas of the request, event, result and error messages."""
+    from .contract import json_schemas
+
+    schemas = json_schemas()
+    if output is None:
+        click.echo(json.dumps(schemas, indent=2, ensure_ascii=False))
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    for name, value in schemas.items():
+        (output / f"{name}.schema.json").write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    click.echo(f"wrote {len(schemas)} schemas to {output}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,206 @@
+"""The daemon's lifecycle: build every part once, start them in order, stop them in reverse.
+
+One event loop runs the intake consumer, the provider lanes and the HTTP server side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aiohttp import web
+
+from .api import create_app
+from .broker import Broker, Topology
+from .catalog import Catalog
+from .contract import Status
+from .errors import ConfigError
+from .events import EventPublisher
+from .images import ImageDownloader, leftover_parts
+from .intake import Intake
+from .job import JobDeps, RetryPolicy
+from .lane import Lane
+from .limits import SlotPool
+from .metrics import Metrics
+from .providers.base import Provider
+from .providers.registry import available_providers
+from .settings import Settings
+from .store import TaskDoc, TaskStore
+
+log = logging.getLogger(__name__)
+
+STALE_PART_AGE_S = 3600.0
+
+
+class Daemon:
+    """imaged as one object: ``await start()``, then ``await stop()``."""
+
+    def __init__(
+        self, settings: Settings, *, catalog: Catalog | None = None, metrics: Metrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog or Catalog.load(settings.catalog_path)
+        self.metrics = metrics or Metrics()
+        self.topology = Topology(settings.amqp_prefix, settings.delivery_limit)
+        self.store = TaskStore.connect(settings.mongodb_url.get_secret_value(), settings.mongodb_db)
+        self.broker = Broker(settings.amqp_url.get_secret_value(), self.topology)
+        self.retry = RetryPolicy()
+        self.providers: dict[str, Provider] = {}
+        self.lanes: list[Lane] = []
+        self.session: aiohttp.ClientSession | None = None
+        self.intake: Intake | None = None
+        self._intake_channel: AbstractChannel | None = None
+        self._intake_queue: AbstractQueue | None = None
+        self._intake_tag: str | None = None
+        self._runner: web.AppRunner | None = None
+        self.http_url: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        self.providers = self._build_providers(self.session)
+        await self.store.ensure_indexes()
+        await self.broker.connect()
+        assert self.broker.channel is not None
+        await self.broker.declare(self.broker.channel, list(self.providers))
+        await self._remove_stale_parts()
+
+        events = EventPublisher(self.broker, self.store)
+        downloader = ImageDownloader(
+            self.session,
+            s.image_dir,
+            max_bytes=s.image_max_bytes,
+            timeout_s=s.download_timeout_s,
+            allowed_hosts=s.image_allowed_hosts,
+        )
+        deps = JobDeps(s, self.catalog, self.store, events, downloader, self.metrics, self.retry)
+        for provider in self.providers.values():
+            rate = float(getattr(s, f"{provider.name}_submit_per_second", 1.0))
+            lane = Lane(provider, self.broker, deps, SlotPool(provider.credentials(), rate))
+            await lane.start()
+            self.lanes.append(lane)
+
+        self.intake = Intake(s, self.broker, self.store, events, self.catalog, self.providers, self.metrics)
+        self._intake_channel = await self.broker.open_consumer_channel(prefetch=s.intake_prefetch)
+        self._intake_queue = await self._intake_channel.get_queue(self.topology.requests)
+        self._intake_tag = await self._intake_queue.consume(self._on_request)
+
+        self._runner = web.AppRunner(create_app(self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.http_host, s.http_port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.http_url = f"http://{s.http_host}:{port}"
+        self.metrics.connection_up.labels("broker").set(1)
+        self.metrics.connection_up.labels("database").set(1)
+        log.info(
+            "imaged ready: providers %s, HTTP on %s, queues %s.*",
+            ", ".join(self.providers) or "none",
+            self.http_url,
+            self.topology.prefix,
+        )
+
+    async def stop(self) -> None:
+        """Stop consuming, let jobs finish within the grace period, then close everything in reverse order."""
+        if self._intake_queue is not None and self._intake_tag is not None:
+            try:
+                await self._intake_queue.cancel(self._intake_tag)
+            except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
+                log.warning("could not cancel the intake consumer: %s", exc)
+        for lane in self.lanes:
+            await lane.stop_consuming()
+        await asyncio.gather(*(lane.drain(self.settings.shutdown_grace_s) for lane in self.lanes))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.broker.close()
+        await self.store.close()
+        if self.session is not None:
+            await self.session.close()
+        log.info("imaged stopped")
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    # -- parts --------------------------------------------------------------------------------------------------
+
+    def _build_providers(self, session: aiohttp.ClientSession) -> dict[str, Provider]:
+        classes = available_providers()
+        providers: dict[str, Provider] = {}
+        for name in self.catalog.providers():
+            cls = classes.get(name)
+            if cls is None:
+                raise ConfigError(f"the catalog names provider {name!r}, but no such provider is installed")
+            provider = cls(self.settings, session)
+            if not provider.credentials():
+                log.warning("provider %s has no credentials configured: its models are unavailable", name)
+                continue
+            providers[name] = provider
+        if not providers:
+            raise ConfigError(
+                "no provider has credentials: set IMAGED_ALIYUN_API_KEY and/or IMAGED_LIBLIBAI_ACCESS_KEY + "
+                "IMAGED_LIBLIBAI_SECRET_KEY, or run with --simulate"
+            )
+        return providers
+
+    async def _remove_stale_parts(self) -> None:
+        """Partial downloads left by a crash; recent ones may belong to another replica sharing the directory."""
+        now = time.time()
+        for part in await asyncio.to_thread(leftover_parts, self.settings.image_dir):
+            try:
+                if now - part.stat().st_mtime > STALE_PART_AGE_S:
+                    part.unlink(missing_ok=True)
+            except OSError:
+                continue
+
+    async def _on_request(self, message: AbstractIncomingMessage) -> None:
+        assert self.intake is not None
+        try:
+            await self.intake.handle(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Infrastructure trouble (database or broker): hand the request back after a pause.
+            log.exception("could not process a request; it goes back to the queue")
+            await asyncio.sleep(1.0)
+            try:
+                await message.nack(requeue=True)
+            except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker redelivers anyway
+                log.warning("could not requeue the request: %s", exc)
+
+    # -- queries used by the HTTP API ---------------------------------------------------------------------------
+
+    async def wait_for_terminal(self, task_id: str, timeout_s: float) -> TaskDoc | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            doc = await self.store.get(task_id)
+            if doc is not None and Status(doc["status"]).terminal:
+                return doc
+            await asyncio.sleep(0.25)
+        return None
+
+    async def readiness(self) -> dict[str, Any]:
+        broker_ok = self.broker.is_connected
+        try:
+            db_ok = await asyncio.wait_for(self.store.ping(), timeout=2.0)
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            db_ok = False
+        consumers_ok = self._intake_tag is not None and all(lane.consumer_tag for lane in self.lanes)
+        self.metrics.connection_up.labels("broker").set(int(broker_ok))
+        self.metrics.connection_up.labels("database").set(int(db_ok))
+        return {
+            "ready": broker_ok and db_ok and consumers_ok,
+            "broker": broker_ok,
+            "database": db_ok,
+            "consumers": consumers_ok,
+            "lanes": {lane.provider.name: len(lane.jobs) for lane in self.lanes},
+        }

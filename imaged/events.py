@@ -1,0 +1,84 @@
+"""Task events: built from the stored task, numbered per task, published with broker confirms.
+
+A terminal event is stored on the task before it is published, so a re-publish after a crash or redelivery sends
+the very same event (same ``event_id``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from .broker import Broker
+from .contract import ErrorInfo, Event, Result, Status, utcnow
+from .store import TaskDoc, TaskStore
+
+log = logging.getLogger(__name__)
+
+
+class EventPublisher:
+    """Emits ``task.<status>`` events on the events exchange (and terminal ones to ``reply_to``)."""
+
+    def __init__(self, broker: Broker, store: TaskStore) -> None:
+        self.broker = broker
+        self.store = store
+
+    async def build(
+        self,
+        doc: TaskDoc,
+        status: Status,
+        *,
+        event_type: str | None = None,
+        progress: float | None = None,
+        result: Result | None = None,
+        error: ErrorInfo | None = None,
+    ) -> dict[str, Any]:
+        """A new event for the task with the next sequence number, as a JSON-ready dict."""
+        seq = await self.store.next_seq(doc["_id"])
+        event = Event(
+            event_id=f"{doc['_id']}:{seq}",
+            type=event_type or f"task.{status.value}",
+            seq=seq,
+            occurred_at=utcnow(),
+            task_id=doc["_id"],
+            status=status,
+            model=doc["model"],
+            provider=doc["provider"],
+            correlation_id=doc.get("correlation_id"),
+            metadata=doc.get("metadata") or {},
+            progress=progress
+            if progress is not None
+            else (1.0 if status.terminal else doc.get("progress", 0.0)),
+            result=result,
+            error=error,
+        )
+        return event.model_dump(mode="json")
+
+    async def publish(self, event: dict[str, Any], *, reply_to: str | None = None) -> None:
+        """Publish an event and wait for the broker's confirm; a terminal one also goes to ``reply_to``."""
+        body = json.dumps(event, ensure_ascii=False).encode()
+        headers = {
+            "task_id": event["task_id"],
+            "provider": event["provider"],
+            "model": event["model"],
+            "status": event["status"],
+        }
+        routing_key = event["type"]
+        await self.broker.publish_event(
+            body, routing_key, headers, event["event_id"], event.get("correlation_id")
+        )
+        if reply_to and Status(event["status"]).terminal:
+            await self.broker.publish_to_queue(
+                reply_to,
+                body,
+                message_id=event["event_id"],
+                correlation_id=event.get("correlation_id"),
+                headers=headers,
+            )
+
+    async def emit(self, doc: TaskDoc, status: Status, **kwargs: Any) -> dict[str, Any]:
+        """Build and publish a non-terminal event."""
+        event = await self.build(doc, status, **kwargs)
+        await self.publish(event)
+        return event

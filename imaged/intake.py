@@ -1,0 +1,226 @@
+"""Intake: validate a request, record its task (idempotent by task id), announce it, forward it to its lane.
+
+Invalid requests never reach a lane: they get a ``task.failed`` event (when a task id is known) and are copied to
+the dead-letter queue with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from .broker import Broker
+from .catalog import Catalog
+from .contract import ErrorInfo, Request, Status, is_valid_task_id, new_task_id, utcnow
+from .errors import InvalidRequest
+from .events import EventPublisher
+from .metrics import Metrics
+from .providers.base import Provider
+from .settings import Settings
+from .store import TaskDoc, TaskStore
+
+log = logging.getLogger(__name__)
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """A readable one-line summary that names each offending field."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "request"
+        parts.append(f"{prefix}{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def task_id_from_message_id(message_id: str | None) -> str | None:
+    """Publishers may set the AMQP ``message_id`` as idempotency key; ids outside our alphabet are hashed."""
+    if not message_id:
+        return None
+    if is_valid_task_id(message_id):
+        return message_id
+    return hashlib.sha256(message_id.encode()).hexdigest()[:24]
+
+
+class Intake:
+    """Consumer of ``<prefix>.requests``: the one place that decides the fate of an incoming request."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        store: TaskStore,
+        events: EventPublisher,
+        catalog: Catalog,
+        providers: dict[str, Provider],
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.events = events
+        self.catalog = catalog
+        self.providers = providers
+        self.metrics = metrics
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        if message.redelivered:
+            self.metrics.redeliveries.labels("requests").inc()
+        try:
+            outcome = await self.accept(message)
+        except InvalidRequest as exc:
+            await self.reject(message, exc)
+            outcome = "invalid"
+        self.metrics.requests_received.labels(outcome).inc()
+        await message.ack()
+
+    def parse(self, message: AbstractIncomingMessage) -> tuple[Request, str]:
+        if len(message.body) > self.settings.max_request_bytes:
+            raise InvalidRequest(
+                f"request is {len(message.body)} bytes, larger than the {self.settings.max_request_bytes}-byte cap",
+                code="too_large",
+            )
+        try:
+            data = json.loads(message.body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise InvalidRequest(f"request body is not valid JSON: {exc}", code="bad_json") from exc
+        if not isinstance(data, dict):
+            raise InvalidRequest("request body must be a JSON object", code="bad_json")
+        try:
+            request = Request.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidRequest(describe_validation_error(exc), code="invalid_request") from exc
+        task_id = request.task_id or task_id_from_message_id(message.message_id) or new_task_id()
+        return request, task_id
+
+    async def accept(self, message: AbstractIncomingMessage) -> str:
+        request, task_id = self.parse(message)
+        spec = self.catalog.get(request.model)
+        if spec is None:
+            known = ", ".join(sorted(self.catalog.models))
+            raise InvalidRequest(
+                f"model: unknown model {request.model!r} (known: {known})", code="unknown_model"
+            )
+        if request.provider is not None and request.provider != spec.provider:
+            raise InvalidRequest(
+                f"provider: model {spec.name!r} is served by {spec.provider!r}, not {request.provider!r}",
+                code="provider_mismatch",
+            )
+        provider = self.providers.get(spec.provider)
+        if provider is None:
+            raise InvalidRequest(
+                f"provider: {spec.provider!r} is not configured on this daemon (no credentials)",
+                code="provider_not_configured",
+            )
+        params = provider.validate(spec, request.parameters)
+        now = utcnow()
+        timeout_s = request.timeout_s or self.settings.task_timeout_s
+        doc: TaskDoc = {
+            "_id": task_id,
+            "status": Status.PENDING.value,
+            "model": spec.name,
+            "provider": spec.provider,
+            "parameters": params,
+            "request_parameters": request.parameters,
+            "owner": message.user_id,
+            "correlation_id": message.correlation_id,
+            "reply_to": message.reply_to,
+            "metadata": request.metadata,
+            "provider_task_id": None,
+            "credential": None,
+            "attempts": 0,
+            "seq": 0,
+            "created_at": now,
+            "updated_at": now,
+            "submitted_at": None,
+            "finished_at": None,
+            "deadline": now + timedelta(seconds=timeout_s),
+            "progress": 0.0,
+            "result": None,
+            "error": None,
+            "history": [{"status": Status.PENDING.value, "at": now}],
+        }
+        stored, created = await self.store.create(doc)
+        if not created and Status(stored["status"]).terminal:
+            event = stored.get("terminal_event")
+            if event is not None:
+                await self.events.publish(event, reply_to=stored.get("reply_to"))
+            return "duplicate"
+        if created:
+            await self.events.emit(stored, Status.PENDING, progress=0.0)
+        await self.broker.publish_to_queue(
+            self.broker.topology.work(spec.provider),
+            json.dumps({"task_id": task_id}).encode(),
+            message_id=task_id,
+            correlation_id=message.correlation_id,
+        )
+        log.info("accepted", extra={"task_id": task_id, "provider": spec.provider, "model": spec.name})
+        return "accepted" if created else "duplicate"
+
+    async def reject(self, message: AbstractIncomingMessage, exc: InvalidRequest) -> None:
+        """Record and announce an invalid request where a task id is known, then dead-letter it."""
+        error = exc.info()
+        log.info("invalid request: %s", exc.message, extra={"code": exc.code})
+        task_id = self._known_task_id(message)
+        if task_id is not None:
+            await self._record_failure(message, task_id, error)
+        await self.broker.dead_letter(message, "invalid_request", error.model_dump(mode="json"))
+        self.metrics.dead_letters.labels("invalid_request").inc()
+
+    def _known_task_id(self, message: AbstractIncomingMessage) -> str | None:
+        try:
+            data = json.loads(message.body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            data = None
+        if isinstance(data, dict):
+            candidate = data.get("task_id")
+            if isinstance(candidate, str) and is_valid_task_id(candidate):
+                return candidate
+        return task_id_from_message_id(message.message_id)
+
+    async def _record_failure(self, message: AbstractIncomingMessage, task_id: str, error: ErrorInfo) -> None:
+        data: Any
+        try:
+            data = json.loads(message.body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        model = data.get("model") if isinstance(data.get("model"), str) else ""
+        spec = self.catalog.get(model or "")
+        provider = (
+            spec.provider if spec else (data.get("provider") if isinstance(data.get("provider"), str) else "")
+        )
+        now = utcnow()
+        doc: TaskDoc = {
+            "_id": task_id,
+            "status": Status.FAILED.value,
+            "model": model[:128],
+            "provider": (provider or "")[:64],
+            "parameters": {},
+            "owner": message.user_id,
+            "correlation_id": message.correlation_id,
+            "reply_to": message.reply_to,
+            "metadata": {},
+            "seq": 0,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": now,
+            "progress": 0.0,
+            "result": None,
+            "error": error.model_dump(mode="json"),
+            "history": [{"status": Status.FAILED.value, "at": now}],
+        }
+        stored, created = await self.store.create(doc)
+        if not created:
+            return  # a task with this id exists already; a bad duplicate must not touch it
+        event = await self.events.build(stored, Status.FAILED, error=error)
+        await self.store.update(task_id, {"terminal_event": event})
+        await self.events.publish(event, reply_to=message.reply_to)
+        # Label values come from the catalog only: a bad request must not create new time series.
+        self.metrics.tasks.labels(
+            spec.provider if spec else "unknown", spec.name if spec else "unknown", "failed"
+        ).inc()

@@ -1,0 +1,335 @@
+"""One task's way through a provider: slot → submit (once) → poll → download → record → terminal event.
+
+A job may start on a fresh task or on one that a crashed replica left behind: it reads the stored state and
+resumes (a stored provider task id is polled, never submitted again; a terminal task re-publishes its event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from .catalog import Catalog, ModelSpec
+from .contract import ErrorCategory, ErrorInfo, ImageInfo, Result, Status, utcnow
+from .errors import DownloadError, InvalidRequest, TaskError
+from .events import EventPublisher
+from .images import ImageDownloader
+from .limits import SlotPool
+from .metrics import Metrics
+from .providers.base import Credential, PollResult, Provider, ProviderState
+from .settings import Settings
+from .store import TaskDoc, TaskStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class RetryPolicy:
+    """Capped exponential backoff with full jitter; ``Retry-After`` wins when the provider sends one."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    download_attempts: int = 4
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.cap_s * 4)
+        return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+
+
+@dataclass
+class JobDeps:
+    """What every job of a daemon shares."""
+
+    settings: Settings
+    catalog: Catalog
+    store: TaskStore
+    events: EventPublisher
+    downloader: ImageDownloader
+    metrics: Metrics
+    retry: RetryPolicy
+
+
+class Job:
+    """Drives one task to a terminal status. ``run`` returns when the outcome is stored and its event confirmed."""
+
+    def __init__(self, deps: JobDeps, provider: Provider, slots: SlotPool, task_id: str) -> None:
+        self.deps = deps
+        self.provider = provider
+        self.slots = slots
+        self.task_id = task_id
+
+    async def run(self) -> Status:
+        d = self.deps
+        doc = await d.store.get(self.task_id)
+        if doc is None:
+            raise TaskError(f"task {self.task_id} is not in the store", code="unknown_task")
+        if Status(doc["status"]).terminal:
+            await self._republish_terminal(doc)
+            return Status(doc["status"])
+        spec = d.catalog.get(doc["model"])
+        if spec is None:
+            return await self.finish(
+                doc, Status.FAILED, error=InvalidRequest(f"model {doc['model']!r} left the catalog").info()
+            )
+        try:
+            return await self._drive(doc, spec)
+        except TaskError as exc:
+            log.warning(
+                "task failed: %s", exc.message, extra={"category": exc.category.value, "code": exc.code}
+            )
+            latest = await d.store.get(self.task_id) or doc
+            return await self.finish(latest, Status.FAILED, error=exc.info())
+
+    async def _drive(self, doc: TaskDoc, spec: ModelSpec) -> Status:
+        d = self.deps
+        if doc.get("cancel_requested") and not doc.get("provider_task_id"):
+            return await self.finish(doc, Status.CANCELED, error=_canceled())
+        self._check_deadline(doc)
+        async with self.slots.slot(preferred=doc.get("credential")) as cred:
+            if not doc.get("provider_task_id"):
+                doc = await self._submit(doc, spec, cred)
+            poll = await self._poll_until_done(doc, spec, cred)
+        if poll.state is ProviderState.CANCELED:
+            return await self.finish(doc, Status.CANCELED, error=_canceled())
+        if poll.state is ProviderState.FAILED:
+            error = poll.error or ErrorInfo(
+                category=ErrorCategory.PROVIDER_ERROR, code="failed", message="the provider reported failure"
+            )
+            return await self.finish(doc, Status.FAILED, error=error)
+        started = utcnow()
+        result = await self._download(doc, spec, poll)
+        d.metrics.stage_duration.labels(self.provider.name, "download").observe(
+            (utcnow() - started).total_seconds()
+        )
+        return await self.finish(doc, Status.COMPLETED, result=result)
+
+    # -- submit -------------------------------------------------------------------------------------------------
+
+    async def _submit(self, doc: TaskDoc, spec: ModelSpec, cred: Credential) -> TaskDoc:
+        d = self.deps
+        if doc.get("submit_started_at"):
+            # A previous attempt may have reached the provider without recording its task id.
+            d.metrics.submit_unknown.labels(self.provider.name, "resubmit").inc()
+            log.warning(
+                "resubmitting: an earlier submit of this task ended without a recorded provider task id"
+            )
+        await d.store.update(self.task_id, {"submit_started_at": utcnow(), "credential": cred.name})
+        params = doc["parameters"]
+
+        async def submit_once() -> str:
+            await self.slots.before_submit(cred)
+            return await self.provider.submit(cred, spec, params)
+
+        provider_task_id = await self._with_retries(doc, "submit", submit_once)
+        now = utcnow()
+        updated = await d.store.update(
+            self.task_id,
+            {"provider_task_id": provider_task_id, "credential": cred.name, "submitted_at": now},
+            status=Status.PROCESSING,
+        )
+        assert updated is not None
+        created_at: datetime = updated["created_at"]
+        d.metrics.stage_duration.labels(self.provider.name, "queue_wait").observe(
+            (now - created_at).total_seconds()
+        )
+        log.info("submitted", extra={"provider_task_id": provider_task_id, "credential": cred.name})
+        await d.events.emit(updated, Status.PROCESSING, progress=0.0)
+        return updated
+
+    # -- poll ---------------------------------------------------------------------------------------------------
+
+    async def _poll_until_done(self, doc: TaskDoc, spec: ModelSpec, cred: Credential) -> PollResult:
+        d = self.deps
+        s = d.settings
+        delay = s.poll_first_delay_s if s.poll_first_delay_s is not None else self.provider.first_poll_delay_s
+        cap = min(s.poll_max_interval_s, self.provider.max_poll_interval_s)
+        provider_task_id: str = doc["provider_task_id"]
+        last_progress = float(doc.get("progress") or 0.0)
+        started = utcnow()
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+            delay = min(cap, max(delay, 0.5) * 1.5)
+            latest = await d.store.get(self.task_id) or doc
+            if latest.get("cancel_requested"):
+                await self._cancel_at_provider(spec, cred, provider_task_id)
+                return PollResult(ProviderState.CANCELED)
+            self._check_deadline(latest)
+            poll = await self._with_retries(
+                latest, "poll", lambda: self.provider.poll(cred, spec, provider_task_id, doc["parameters"])
+            )
+            if poll.state.terminal:
+                d.metrics.stage_duration.labels(self.provider.name, "provider").observe(
+                    (utcnow() - started).total_seconds()
+                )
+                return poll
+            if poll.progress is not None and poll.progress > last_progress + 1e-6 and poll.progress < 1.0:
+                last_progress = poll.progress
+                updated = await d.store.update(self.task_id, {"progress": last_progress})
+                if updated is not None:
+                    await d.events.emit(
+                        updated, Status.PROCESSING, event_type="task.progress", progress=last_progress
+                    )
+
+    async def _cancel_at_provider(self, spec: ModelSpec, cred: Credential, provider_task_id: str) -> bool:
+        try:
+            return await self.provider.cancel(cred, spec, provider_task_id)
+        except TaskError as exc:
+            log.warning("provider cancel failed: %s", exc.message)
+            return False
+
+    def _check_deadline(self, doc: TaskDoc) -> None:
+        deadline: datetime | None = doc.get("deadline")
+        if deadline is not None and utcnow() > deadline:
+            raise TaskError(
+                "the task passed its deadline (timeout_s)", category=ErrorCategory.TIMEOUT, code="deadline"
+            )
+
+    # -- retries ------------------------------------------------------------------------------------------------
+
+    async def _with_retries(self, doc: TaskDoc, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry transient provider faults until they stop or the task's deadline passes."""
+        attempt = 0
+        while True:
+            try:
+                result = await call()
+                self.deps.metrics.provider_requests.labels(self.provider.name, operation, "ok").inc()
+                return result
+            except TaskError as exc:
+                self.deps.metrics.provider_requests.labels(
+                    self.provider.name, operation, exc.category.value
+                ).inc()
+                if not exc.retryable:
+                    raise
+                wait = self.deps.retry.delay(attempt, exc.retry_after)
+                deadline: datetime | None = doc.get("deadline")
+                if deadline is not None and (deadline - utcnow()).total_seconds() < wait:
+                    raise TaskError(
+                        f"gave up retrying {operation} before the deadline: {exc.message}",
+                        category=ErrorCategory.TIMEOUT
+                        if exc.category is not ErrorCategory.RATE_LIMITED
+                        else exc.category,
+                        code=exc.code,
+                        provider_status=exc.provider_status,
+                    ) from exc
+                log.info("retrying %s in %.1fs: %s", operation, wait, exc.message, extra={"code": exc.code})
+                attempt += 1
+                await asyncio.sleep(wait)
+
+    # -- download -----------------------------------------------------------------------------------------------
+
+    async def _download(self, doc: TaskDoc, spec: ModelSpec, poll: PollResult) -> Result:
+        d = self.deps
+        when = datetime.now()  # local time, as the original service named its files
+        images: list[ImageInfo] = []
+        failed = list(poll.failed_images)
+        for image in poll.images:
+            try:
+                saved = await self._download_one(image.url, image.index, when)
+            except DownloadError as exc:
+                failed.append({"index": image.index, "code": exc.code, "message": exc.message})
+                continue
+            d.metrics.download_bytes.labels(self.provider.name).inc(saved.bytes)
+            images.append(
+                ImageInfo(
+                    index=image.index,
+                    url=image.url,
+                    local_path=str(saved.path),
+                    seed=image.seed,
+                    auditStatus=image.audit_status,
+                    sha256=saved.sha256,
+                    bytes=saved.bytes,
+                    width=saved.width,
+                    height=saved.height,
+                    content_type=saved.content_type,
+                )
+            )
+        if not images:
+            reason = failed[0]["message"] if failed else "the provider delivered no image"
+            raise DownloadError(f"no image could be downloaded: {reason}", code="no_images")
+        described = self.provider.describe(spec, doc["parameters"])
+        info = dict(poll.info)
+        usage = info.pop("usage", None) or {"image_count": len(images)}
+        return Result(
+            id=doc["provider_task_id"],
+            model=doc["model"],
+            created=f"{when:%Y-%m-%d %H:%M:%S}",
+            images=images,
+            prompt=described.get("prompt"),
+            width=described.get("width", images[0].width),
+            height=described.get("height", images[0].height),
+            usage=usage,
+            failed_images=failed,
+            cost=round(spec.price_per_image * len(images), 6),
+            **info,
+        )
+
+    async def _download_one(self, url: str, index: int, when: datetime) -> Any:
+        d = self.deps
+        attempt = 0
+        while True:
+            try:
+                return await d.downloader.download(url, self.provider.name, index, when)
+            except DownloadError as exc:
+                attempt += 1
+                if not exc.retryable or attempt >= d.retry.download_attempts:
+                    raise
+                wait = d.retry.delay(attempt)
+                log.info("retrying image download in %.1fs: %s", wait, exc.message)
+                await asyncio.sleep(wait)
+
+    # -- finish -------------------------------------------------------------------------------------------------
+
+    async def finish(
+        self, doc: TaskDoc, status: Status, *, result: Result | None = None, error: ErrorInfo | None = None
+    ) -> Status:
+        """Store the terminal state with its event, then publish the event (confirmed by the broker)."""
+        d = self.deps
+        event = await d.events.build(doc, status, result=result, error=error)
+        finished = utcnow()
+        updated = await d.store.update(
+            self.task_id,
+            {
+                "result": result.model_dump(mode="json") if result else None,
+                "error": error.model_dump(mode="json") if error else None,
+                "finished_at": finished,
+                "progress": 1.0 if status is Status.COMPLETED else doc.get("progress", 0.0),
+                "terminal_event": event,
+            },
+            status=status,
+        )
+        await d.events.publish(event, reply_to=doc.get("reply_to"))
+        d.metrics.stage_duration.labels(doc["provider"], "publish").observe(
+            (utcnow() - finished).total_seconds()
+        )
+        d.metrics.tasks.labels(doc["provider"], doc["model"], status.value).inc()
+        if error is not None:
+            d.metrics.task_errors.labels(doc["provider"], error.category.value).inc()
+        created: datetime | None = (updated or doc).get("created_at")
+        if created is not None:
+            d.metrics.task_duration.labels(doc["provider"], status.value).observe(
+                (finished - created).total_seconds()
+            )
+        log.info("task %s", status.value, extra={"category": error.category.value if error else None})
+        return status
+
+    async def _republish_terminal(self, doc: TaskDoc) -> None:
+        event = doc.get("terminal_event")
+        if event is None:  # terminal without a stored event (should not happen): build one now
+            error = ErrorInfo.model_validate(doc["error"]) if doc.get("error") else None
+            result = Result.model_validate(doc["result"]) if doc.get("result") else None
+            await self.finish(doc, Status(doc["status"]), result=result, error=error)
+            return
+        log.info("re-publishing the terminal event of an already finished task")
+        await self.deps.events.publish(event, reply_to=doc.get("reply_to"))
+
+
+def _canceled() -> ErrorInfo:
+    return ErrorInfo(category=ErrorCategory.CANCELED, code="canceled", message="the task was canceled")

@@ -1,0 +1,103 @@
+"""Settings: environment variables (prefix ``IMAGED_``), a ``.env`` file, and defaults.
+
+The original image service's variable names (``MONGODB_URL``, ``ALIYUN_API_KEY``, ...) are accepted as aliases so
+its deployments keep working unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ALIYUN_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
+DEFAULT_LIBLIBAI_BASE_URL = "https://openapi.liblibai.cloud"
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Everything imaged reads from its environment; built once at the entry point and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGED_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # Broker
+    amqp_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        validation_alias=_alias("IMAGED_AMQP_URL", "AMQP_URL", "RABBITMQ_URL"),
+    )
+    amqp_prefix: str = Field("imaged", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    delivery_limit: int = Field(5, ge=1, description="redeliveries before a message is dead-lettered")
+
+    # Database
+    mongodb_url: SecretStr = Field(
+        SecretStr("mongodb://127.0.0.1:27017"),
+        validation_alias=_alias("IMAGED_MONGODB_URL", "MONGODB_URL"),
+    )
+    mongodb_db: str = Field("imaged", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+
+    # Images
+    image_dir: Path = Path("data/images")
+    image_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    image_allowed_hosts: list[str] = Field(
+        default_factory=list, description="if set, only image URLs on these hosts are downloaded"
+    )
+    download_timeout_s: float = Field(120.0, gt=0)
+
+    # HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8001, ge=0, le=65535)
+
+    # Catalog
+    catalog_path: Path | None = Field(
+        None, description="models.toml; defaults to the one shipped with imaged"
+    )
+
+    # Tasks
+    task_timeout_s: float = Field(600.0, gt=0, description="default deadline of a task")
+    max_request_bytes: int = Field(256 * 1024, ge=1024)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    sync_wait_s: float = Field(
+        120.0, gt=0, description="how long POST with is_async=false waits for the result"
+    )
+    intake_prefetch: int = Field(32, ge=1)
+
+    # Providers
+    aliyun_api_key: SecretStr | None = Field(
+        None, validation_alias=_alias("IMAGED_ALIYUN_API_KEY", "ALIYUN_API_KEY")
+    )
+    aliyun_base_url: str = DEFAULT_ALIYUN_BASE_URL
+    aliyun_max_in_flight: int = Field(2, ge=1)
+    aliyun_submit_per_second: float = Field(2.0, gt=0)
+    liblibai_access_key: SecretStr | None = Field(
+        None, validation_alias=_alias("IMAGED_LIBLIBAI_ACCESS_KEY", "LIBLIBAI_ACCESS_KEY")
+    )
+    liblibai_secret_key: SecretStr | None = Field(
+        None, validation_alias=_alias("IMAGED_LIBLIBAI_SECRET_KEY", "LIBLIBAI_SECRET_KEY")
+    )
+    liblibai_base_url: str = DEFAULT_LIBLIBAI_BASE_URL
+    liblibai_max_in_flight: int = Field(5, ge=1)
+    liblibai_submit_per_second: float = Field(1.0, gt=0)
+    poll_first_delay_s: float | None = Field(
+        None, ge=0, description="override the provider's first poll delay"
+    )
+    poll_max_interval_s: float = Field(10.0, gt=0)
+
+    # Logging
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    def has_provider_keys(self) -> bool:
+        return self.aliyun_api_key is not None or (
+            self.liblibai_access_key is not None and self.liblibai_secret_key is not None
+        )

@@ -1,0 +1,119 @@
+"""``imaged submit``: publish one request and, with ``--wait``, follow its events to the end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import click
+
+from .broker import Topology
+from .contract import Status, new_task_id
+from .settings import Settings
+
+
+def build_request(
+    file: Path | None, model: str | None, prompt: str | None, params: tuple[str, ...], task_id: str | None
+) -> dict[str, Any]:
+    """A request body from a JSON file and/or flags (flags win)."""
+    body: dict[str, Any] = {}
+    if file is not None:
+        try:
+            loaded = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{file}: not a JSON request body ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{file}: a request body must be a JSON object")
+        body = loaded
+    parameters = dict(body.get("parameters") or {})
+    if model:
+        body["model"] = model
+    if prompt:
+        parameters["prompt"] = prompt
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            parameters[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[key] = value
+    body["parameters"] = parameters
+    if "model" not in body:
+        raise ValueError("no model: give --model or a JSON file with a 'model' field")
+    body["task_id"] = task_id or body.get("task_id") or new_task_id()
+    return body
+
+
+async def submit_request(
+    settings: Settings, body: dict[str, Any], *, wait: bool, wait_s: float, as_json: bool
+) -> int:
+    topology = Topology(settings.amqp_prefix, settings.delivery_limit)
+    task_id = str(body["task_id"])
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=10)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        events: aio_pika.abc.AbstractQueue | None = None
+        if wait:
+            # Subscribe before publishing so no event can be missed.
+            exchange = await channel.declare_exchange(
+                topology.events, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            events = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await events.bind(exchange, routing_key="task.#")
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                json.dumps(body, ensure_ascii=False).encode(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=task_id,
+            ),
+            routing_key=topology.requests,
+        )
+        click.echo(f"submitted task {task_id}", err=True)
+        if events is None:
+            click.echo(task_id)
+            return 0
+        try:
+            return await asyncio.wait_for(_follow(events, task_id, as_json), wait_s)
+        except TimeoutError:
+            click.echo(
+                f"gave up waiting after {wait_s:.0f}s; the task goes on (imaged status {task_id})", err=True
+            )
+            return 2
+    finally:
+        await connection.close()
+
+
+async def _follow(queue: aio_pika.abc.AbstractQueue, task_id: str, as_json: bool) -> int:
+    async with queue.iterator() as messages:
+        async for message in messages:
+            async with message.process():
+                if (message.headers or {}).get("task_id") != task_id:
+                    continue
+                event = json.loads(message.body)
+                _show(event, as_json)
+                status = Status(event["status"])
+                if status.terminal:
+                    return 0 if status is Status.COMPLETED else 1
+    return 1
+
+
+def _show(event: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(event, ensure_ascii=False))
+        return
+    progress = float(event.get("progress") or 0.0)
+    bar = "#" * int(progress * 20)
+    line = f"{event['type']:<15} [{bar:<20}] {progress:4.0%}"
+    if event.get("error"):
+        err = event["error"]
+        line += f"  {err['category']}: {err['message']}"
+    if event.get("result"):
+        for image in event["result"].get("images", []):
+            line += f"\n  image {image['index']}: {image['local_path']} ({image['width']}x{image['height']})"
+    click.echo(line, file=sys.stderr if not event.get("result") else sys.stdout)

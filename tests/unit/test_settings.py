@@ -1,0 +1,57 @@
+"""Settings: the IMAGED_ prefix, the original service's variable names, and secrets kept secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imaged.settings import Settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env from the working tree
+    settings = Settings()
+    assert settings.amqp_prefix == "imaged"
+    assert settings.mongodb_url.get_secret_value() == "mongodb://127.0.0.1:27017"
+    assert settings.http_port == 8001 and settings.http_host == "127.0.0.1"
+    assert str(settings.image_dir) == "data/images"
+    assert settings.aliyun_base_url == "https://dashscope.aliyuncs.com/api/v1"
+    assert settings.liblibai_base_url == "https://openapi.liblibai.cloud"
+    assert not settings.has_provider_keys()
+
+
+def test_original_variable_names_are_aliases(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MONGODB_URL", "mongodb://db.example:27017")
+    monkeypatch.setenv("ALIYUN_API_KEY", "sk-original")
+    monkeypatch.setenv("LIBLIBAI_ACCESS_KEY", "ak")
+    monkeypatch.setenv("LIBLIBAI_SECRET_KEY", "sk")
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://u:p@mq.example/")
+    settings = Settings()
+    assert settings.mongodb_url.get_secret_value() == "mongodb://db.example:27017"
+    assert settings.aliyun_api_key is not None and settings.aliyun_api_key.get_secret_value() == "sk-original"
+    assert settings.amqp_url.get_secret_value() == "amqp://u:p@mq.example/"
+    assert settings.has_provider_keys()
+
+
+def test_prefixed_names_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMAGED_AMQP_PREFIX", "other")
+    monkeypatch.setenv("IMAGED_HTTP_PORT", "9001")
+    settings = Settings()
+    assert settings.amqp_prefix == "other" and settings.http_port == 9001
+
+
+def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMAGED_ALIYUN_API_KEY", "sk-very-secret")
+    monkeypatch.setenv("IMAGED_AMQP_URL", "amqp://user:hunter2@127.0.0.1/")
+    text = repr(Settings()) + str(Settings().model_dump())
+    assert "sk-very-secret" not in text and "hunter2" not in text
+
+
+def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("IMAGED_MONGODB_DB=fromdotenv\n")
+    monkeypatch.chdir(tmp_path)
+    assert Settings().mongodb_db == "fromdotenv"
