@@ -6,6 +6,7 @@ One event loop runs the intake consumer, the provider lanes and the HTTP server 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -24,7 +25,8 @@ from .images import ImageDownloader, leftover_parts
 from .intake import Intake
 from .job import JobDeps, RetryPolicy
 from .lane import Lane
-from .limits import SlotPool
+from .leases import Leases, replica_id
+from .limits import ProviderSlots
 from .metrics import Metrics
 from .providers.base import Provider
 from .providers.registry import available_providers
@@ -49,6 +51,10 @@ class Daemon:
         self.store = TaskStore.connect(settings.mongodb_url.get_secret_value(), settings.mongodb_db)
         self.broker = Broker(settings.amqp_url.get_secret_value(), self.topology)
         self.retry = RetryPolicy()
+        self.replica = replica_id()
+        self.leases = Leases(self.store.db["leases"], settings.lease_ttl_s, self.replica)
+        self._stopping = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
         self.providers: dict[str, Provider] = {}
         self.lanes: list[Lane] = []
         self.session: aiohttp.ClientSession | None = None
@@ -79,10 +85,15 @@ class Daemon:
             timeout_s=s.download_timeout_s,
             allowed_hosts=s.image_allowed_hosts,
         )
-        deps = JobDeps(s, self.catalog, self.store, events, downloader, self.metrics, self.retry)
+        deps = JobDeps(s, self.catalog, self.store, events, downloader, self.metrics, self.retry, self.leases)
+        self._background = [
+            asyncio.create_task(self.leases.heartbeat(self._stopping), name="lease-heartbeat"),
+            asyncio.create_task(self._janitor(), name="janitor"),
+        ]
         for provider in self.providers.values():
             rate = float(getattr(s, f"{provider.name}_submit_per_second", 1.0))
-            lane = Lane(provider, self.broker, deps, SlotPool(provider.credentials(), rate))
+            slots = ProviderSlots(self.leases, provider.name, provider.credentials(), rate)
+            lane = Lane(provider, self.broker, deps, slots)
             await lane.start()
             self.lanes.append(lane)
 
@@ -116,6 +127,8 @@ class Daemon:
         for lane in self.lanes:
             await lane.stop_consuming()
         await asyncio.gather(*(lane.drain(self.settings.shutdown_grace_s) for lane in self.lanes))
+        self._stopping.set()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.broker.close()
@@ -161,6 +174,18 @@ class Daemon:
                     part.unlink(missing_ok=True)
             except OSError:
                 continue
+
+    async def _janitor(self) -> None:
+        """Periodic upkeep; logs a failure and keeps looping."""
+        while not self._stopping.is_set():
+            try:
+                purged = await self.leases.purge_expired()
+                if purged:
+                    log.debug("purged %d expired leases", purged)
+            except Exception:
+                log.exception("janitor run failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 60)
 
     async def _on_request(self, message: AbstractIncomingMessage) -> None:
         assert self.intake is not None

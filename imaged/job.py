@@ -19,7 +19,8 @@ from .contract import ErrorCategory, ErrorInfo, ImageInfo, Result, Status, utcno
 from .errors import DownloadError, InvalidRequest, TaskError
 from .events import EventPublisher
 from .images import ImageDownloader
-from .limits import SlotPool
+from .leases import Leases
+from .limits import ProviderSlots
 from .metrics import Metrics
 from .providers.base import Credential, PollResult, Provider, ProviderState
 from .settings import Settings
@@ -55,18 +56,25 @@ class JobDeps:
     downloader: ImageDownloader
     metrics: Metrics
     retry: RetryPolicy
+    leases: Leases
 
 
 class Job:
     """Drives one task to a terminal status. ``run`` returns when the outcome is stored and its event confirmed."""
 
-    def __init__(self, deps: JobDeps, provider: Provider, slots: SlotPool, task_id: str) -> None:
+    def __init__(self, deps: JobDeps, provider: Provider, slots: ProviderSlots, task_id: str) -> None:
         self.deps = deps
         self.provider = provider
         self.slots = slots
         self.task_id = task_id
 
     async def run(self) -> Status:
+        """Claim the task (waiting while another replica drives it), then take it from its stored state."""
+        leases = self.deps.leases
+        async with leases.hold(f"task:{self.task_id}", leases.holder_prefix):
+            return await self._run_claimed()
+
+    async def _run_claimed(self) -> Status:
         d = self.deps
         doc = await d.store.get(self.task_id)
         if doc is None:
@@ -93,7 +101,8 @@ class Job:
         if doc.get("cancel_requested") and not doc.get("provider_task_id"):
             return await self.finish(doc, Status.CANCELED, error=_canceled())
         self._check_deadline(doc)
-        async with self.slots.slot(preferred=doc.get("credential")) as cred:
+        holder = f"{d.leases.holder_prefix}:{self.task_id}"
+        async with self.slots.slot(holder, preferred=doc.get("credential")) as cred:
             if not doc.get("provider_task_id"):
                 doc = await self._submit(doc, spec, cred)
             poll = await self._poll_until_done(doc, spec, cred)

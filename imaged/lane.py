@@ -9,25 +9,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+from pymongo.errors import ConnectionFailure
 
 from .broker import Broker
+from .contract import ErrorCategory, ErrorInfo, Status
 from .errors import TaskError
 from .job import Job, JobDeps
-from .limits import SlotPool
+from .limits import ProviderSlots
 from .logs import job_context
 from .providers.base import Provider
 
 log = logging.getLogger(__name__)
 
+# Errors that mean "the broker or the database is away", not "this task is bad".
+OUTAGE_ERRORS = (ConnectionFailure, AMQPError, ChannelInvalidStateError, ConnectionError)
+
 
 class Lane:
     """Runs the tasks of one provider, at most as many at once as its credentials have slots."""
 
-    def __init__(self, provider: Provider, broker: Broker, deps: JobDeps, slots: SlotPool) -> None:
+    def __init__(self, provider: Provider, broker: Broker, deps: JobDeps, slots: ProviderSlots) -> None:
         self.provider = provider
         self.broker = broker
         self.deps = deps
@@ -96,22 +102,61 @@ class Lane:
             gauge.dec()
 
     async def _run_job(self, task_id: str, message: AbstractIncomingMessage) -> None:
-        job = Job(self.deps, self.provider, self.slots, task_id)
-        try:
-            await job.run()
-        except asyncio.CancelledError:
-            log.info("job interrupted by shutdown; its message goes back to the queue")
-            raise
-        except TaskError as exc:
-            # Raised before the task could be stored as failed (e.g. unknown task): nothing to retry.
-            log.error("dropping lane message: %s", exc.message)
-            await self.broker.dead_letter(message, exc.code, exc.info().model_dump(mode="json"))
+        """Run the job; an outage of the broker or database pauses it and runs it again from the stored state."""
+        outage = 0
+        while True:
+            job = Job(self.deps, self.provider, self.slots, task_id)
+            try:
+                await job.run()
+            except asyncio.CancelledError:
+                log.info("job interrupted by shutdown; its message goes back to the queue")
+                raise
+            except TaskError as exc:
+                # Raised before the task could be stored as failed (e.g. unknown task): nothing to retry.
+                log.error("dropping lane message: %s", exc.message)
+                await self.broker.dead_letter(message, exc.code, exc.info().model_dump(mode="json"))
+                await _settle(message, ack=True)
+                return
+            except OUTAGE_ERRORS as exc:
+                outage += 1
+                delay = min(30.0, 0.5 * 2 ** min(outage, 6)) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "backing service unavailable (%s: %s); resuming in %.1fs", type(exc).__name__, exc, delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            except Exception as exc:  # noqa: BLE001 - any other failure is a bug or a poison task
+                await self._crashed(job, message, exc)
+                return
             await _settle(message, ack=True)
             return
-        except Exception:
-            log.exception("job crashed; the message will be redelivered")
+
+    async def _crashed(self, job: Job, message: AbstractIncomingMessage, exc: Exception) -> None:
+        """A bug or a poison task: requeue, and on the last allowed delivery fail the task instead of looping."""
+        count = (message.headers or {}).get("x-delivery-count", 0)
+        deliveries = (count if isinstance(count, int) else 0) + 1
+        if deliveries < self.broker.topology.delivery_limit:
+            log.exception(
+                "job crashed (delivery %d); the message will be redelivered", deliveries, exc_info=exc
+            )
             await _settle(message, ack=False)
             return
+        log.exception("job crashed on its last allowed delivery; failing the task", exc_info=exc)
+        error = ErrorInfo(
+            category=ErrorCategory.INTERNAL,
+            code="crashed",
+            message=f"imaged failed on this task: {type(exc).__name__}",
+        )
+        try:
+            doc = await self.deps.store.get(job.task_id)
+            if doc is not None and not Status(doc["status"]).terminal:
+                await job.finish(doc, Status.FAILED, error=error)
+            await self.broker.dead_letter(message, "crashed", error.model_dump(mode="json"))
+        except Exception:
+            log.exception("could not record the crash; requeueing")
+            await _settle(message, ack=False)
+            return
+        self.deps.metrics.dead_letters.labels("crashed").inc()
         await _settle(message, ack=True)
 
 
