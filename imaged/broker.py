@@ -18,6 +18,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +174,14 @@ class Broker:
             ),
             routing_key=message.routing_key or "",
         )
+
+
+async def settle(message: AbstractIncomingMessage, *, ack: bool) -> None:
+    """Ack or requeue; if the channel that delivered it is gone, the broker redelivers it anyway."""
+    try:
+        if ack:
+            await message.ack()
+        else:
+            await message.nack(requeue=True)
+    except (ChannelInvalidStateError, AMQPError, RuntimeError) as exc:
+        log.warning("could not settle message (channel gone, it will be redelivered): %s", exc)

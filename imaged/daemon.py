@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from typing import Any
 
@@ -21,10 +22,10 @@ from .catalog import Catalog
 from .contract import Status
 from .errors import ConfigError
 from .events import EventPublisher
-from .images import ImageDownloader, leftover_parts
+from .images import ImageDownloader, is_orphan, leftover_parts
 from .intake import Intake
 from .job import JobDeps, RetryPolicy
-from .lane import Lane
+from .lane import OUTAGE_ERRORS, Lane
 from .leases import Leases, replica_id
 from .limits import ProviderSlots
 from .metrics import Metrics
@@ -166,14 +167,19 @@ class Daemon:
         return providers
 
     async def _remove_stale_parts(self) -> None:
-        """Partial downloads left by a crash; recent ones may belong to another replica sharing the directory."""
-        now = time.time()
-        for part in await asyncio.to_thread(leftover_parts, self.settings.image_dir):
-            try:
-                if now - part.stat().st_mtime > STALE_PART_AGE_S:
+        """Partial downloads left by a crashed process; others may belong to a replica sharing the directory."""
+
+        def sweep() -> int:
+            removed = 0
+            for part in leftover_parts(self.settings.image_dir):
+                if is_orphan(part, STALE_PART_AGE_S):
                     part.unlink(missing_ok=True)
-            except OSError:
-                continue
+                    removed += 1
+            return removed
+
+        removed = await asyncio.to_thread(sweep)
+        if removed:
+            log.info("removed %d partial download(s) left by a crash", removed)
 
     async def _janitor(self) -> None:
         """Periodic upkeep; logs a failure and keeps looping."""
@@ -188,19 +194,30 @@ class Daemon:
                 await asyncio.wait_for(self._stopping.wait(), 60)
 
     async def _on_request(self, message: AbstractIncomingMessage) -> None:
+        """Intake with outage handling: wait out a broker or database outage holding the message, never drop it."""
         assert self.intake is not None
-        try:
-            await self.intake.handle(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Infrastructure trouble (database or broker): hand the request back after a pause.
-            log.exception("could not process a request; it goes back to the queue")
-            await asyncio.sleep(1.0)
+        outage = 0
+        while True:
             try:
-                await message.nack(requeue=True)
-            except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker redelivers anyway
-                log.warning("could not requeue the request: %s", exc)
+                await self.intake.handle(message)
+                return
+            except asyncio.CancelledError:
+                raise
+            except OUTAGE_ERRORS as exc:
+                outage += 1
+                delay = min(30.0, 0.5 * 2 ** min(outage, 6)) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "intake waiting for the broker/database (%s); retrying in %.1fs",
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            except Exception:
+                log.exception("intake failed on a request; it goes back to the queue")
+                # The broker dead-letters it once the delivery limit is reached.
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
+                return
 
     # -- queries used by the HTTP API ---------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ import hashlib
 import logging
 import os
 import secrets
+import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -92,7 +94,7 @@ class ImageDownloader:
         """Fetch one image. Raises DownloadError (retryable when the fault is transient)."""
         self.check_url(url)
         await asyncio.to_thread(self.image_dir.mkdir, parents=True, exist_ok=True)
-        part = self.image_dir / f".{provider}_{secrets.token_hex(8)}{PART_SUFFIX}"
+        part = self.image_dir / part_name()
         try:
             return await self._fetch(url, part, provider, index, when)
         finally:
@@ -157,8 +159,39 @@ def _dimensions(path: Path) -> tuple[int, int]:
         return img.size
 
 
+def part_name() -> str:
+    """A temporary download's name records its host and process, so a restart can tell whose leftovers it sees."""
+    return f".{socket.gethostname()}_{os.getpid()}_{secrets.token_hex(6)}{PART_SUFFIX}"
+
+
 def leftover_parts(image_dir: Path) -> list[Path]:
-    """Partial downloads left by a crash (removed at start, counted by tests)."""
+    """Partial downloads in the directory (left by a crash, or still being written)."""
     if not image_dir.exists():
         return []
     return [p for p in image_dir.iterdir() if p.name.endswith(PART_SUFFIX)]
+
+
+def is_orphan(part: Path, max_age_s: float) -> bool:
+    """True for a partial download whose process is gone: same host and a dead pid, or simply too old.
+
+    Parts of other hosts sharing the directory are left alone until they are old.
+    """
+    try:
+        age = time.time() - part.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > max_age_s:
+        return True
+    fields = part.name[1 : -len(PART_SUFFIX)].rsplit("_", 2)
+    if len(fields) != 3 or fields[0] != socket.gethostname() or not fields[1].isdigit():
+        return False
+    pid = int(fields[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -15,7 +15,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from .broker import Broker
+from .broker import Broker, settle
 from .catalog import Catalog
 from .contract import ErrorInfo, Request, Status, is_valid_task_id, new_task_id, utcnow
 from .errors import InvalidRequest
@@ -76,7 +76,7 @@ class Intake:
             await self.reject(message, exc)
             outcome = "invalid"
         self.metrics.requests_received.labels(outcome).inc()
-        await message.ack()
+        await settle(message, ack=True)
 
     def parse(self, message: AbstractIncomingMessage) -> tuple[Request, str]:
         if len(message.body) > self.settings.max_request_bytes:

@@ -104,6 +104,7 @@ class Job:
         holder = f"{d.leases.holder_prefix}:{self.task_id}"
         async with self.slots.slot(holder, preferred=doc.get("credential")) as cred:
             if not doc.get("provider_task_id"):
+                self._check_deadline(doc)  # waiting for the slot may have taken a while
                 doc = await self._submit(doc, spec, cred)
             poll = await self._poll_until_done(doc, spec, cred)
         if poll.state is ProviderState.CANCELED:
@@ -125,8 +126,15 @@ class Job:
     async def _submit(self, doc: TaskDoc, spec: ModelSpec, cred: Credential) -> TaskDoc:
         d = self.deps
         if doc.get("submit_started_at"):
-            # A previous attempt may have reached the provider without recording its task id.
-            d.metrics.submit_unknown.labels(self.provider.name, "resubmit").inc()
+            # A previous attempt may have reached the provider without recording its task id: the one window
+            # where a task can be paid twice. The policy decides; the counter shows how often it happens.
+            policy = d.settings.submit_unknown_policy
+            d.metrics.submit_unknown.labels(self.provider.name, policy).inc()
+            if policy == "fail":
+                raise TaskError(
+                    "an earlier submit may have reached the provider without its task id being recorded",
+                    category=ErrorCategory.SUBMIT_UNKNOWN,
+                )
             log.warning(
                 "resubmitting: an earlier submit of this task ended without a recorded provider task id"
             )

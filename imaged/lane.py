@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from pymongo.errors import ConnectionFailure
 
-from .broker import Broker
+from .broker import Broker, settle
 from .contract import ErrorCategory, ErrorInfo, Status
 from .errors import TaskError
 from .job import Job, JobDeps
@@ -40,6 +40,7 @@ class Lane:
         self.slots = slots
         self.queue_name = broker.topology.work(provider.name)
         self.jobs: dict[str, asyncio.Task[None]] = {}
+        self.deliveries: dict[str, list[AbstractIncomingMessage]] = {}
         self.channel: AbstractChannel | None = None
         self.queue: AbstractQueue | None = None
         self.consumer_tag: str | None = None
@@ -79,29 +80,39 @@ class Lane:
             await self.broker.dead_letter(
                 message, "bad_work_message", {"message": "lane message without task_id"}
             )
-            await message.ack()
+            await settle(message, ack=True)
             return
         if message.redelivered:
             self.deps.metrics.redeliveries.labels(self.provider.name).inc()
         if task_id in self.jobs:
+            # Another delivery of a task this process runs (e.g. after a reconnect, the old channel's copy cannot
+            # be acked any more). Keep it with the job and settle it with the job's outcome.
             log.info("duplicate delivery of a running task", extra={"task_id": task_id})
-            await _settle(message, ack=True)
+            self.deliveries[task_id].append(message)
             return
-        job = asyncio.create_task(self._run(task_id, message), name=f"job:{task_id}")
+        self.deliveries[task_id] = [message]
+        job = asyncio.create_task(self._run(task_id), name=f"job:{task_id}")
         self.jobs[task_id] = job
-        job.add_done_callback(lambda _: self.jobs.pop(task_id, None))
+        job.add_done_callback(lambda _: self._forget(task_id))
 
-    async def _run(self, task_id: str, message: AbstractIncomingMessage) -> None:
+    def _forget(self, task_id: str) -> None:
+        self.jobs.pop(task_id, None)
+        self.deliveries.pop(task_id, None)
+
+    async def _settle_all(self, task_id: str, *, ack: bool) -> None:
+        for message in self.deliveries.get(task_id, []):
+            await settle(message, ack=ack)
+
+    async def _run(self, task_id: str) -> None:
         gauge = self.deps.metrics.in_flight.labels(self.provider.name)
         gauge.inc()
         try:
-            doc_fields = {"task_id": task_id, "provider": self.provider.name}
-            with job_context(**doc_fields):
-                await self._run_job(task_id, message)
+            with job_context(task_id=task_id, provider=self.provider.name):
+                await self._run_job(task_id)
         finally:
             gauge.dec()
 
-    async def _run_job(self, task_id: str, message: AbstractIncomingMessage) -> None:
+    async def _run_job(self, task_id: str) -> None:
         """Run the job; an outage of the broker or database pauses it and runs it again from the stored state."""
         outage = 0
         while True:
@@ -114,8 +125,10 @@ class Lane:
             except TaskError as exc:
                 # Raised before the task could be stored as failed (e.g. unknown task): nothing to retry.
                 log.error("dropping lane message: %s", exc.message)
-                await self.broker.dead_letter(message, exc.code, exc.info().model_dump(mode="json"))
-                await _settle(message, ack=True)
+                await self.broker.dead_letter(
+                    self.deliveries[task_id][-1], exc.code, exc.info().model_dump(mode="json")
+                )
+                await self._settle_all(task_id, ack=True)
                 return
             except OUTAGE_ERRORS as exc:
                 outage += 1
@@ -126,20 +139,21 @@ class Lane:
                 await asyncio.sleep(delay)
                 continue
             except Exception as exc:  # noqa: BLE001 - any other failure is a bug or a poison task
-                await self._crashed(job, message, exc)
+                await self._crashed(job, exc)
                 return
-            await _settle(message, ack=True)
+            await self._settle_all(task_id, ack=True)
             return
 
-    async def _crashed(self, job: Job, message: AbstractIncomingMessage, exc: Exception) -> None:
+    async def _crashed(self, job: Job, exc: Exception) -> None:
         """A bug or a poison task: requeue, and on the last allowed delivery fail the task instead of looping."""
+        message = self.deliveries[job.task_id][-1]
         count = (message.headers or {}).get("x-delivery-count", 0)
         deliveries = (count if isinstance(count, int) else 0) + 1
         if deliveries < self.broker.topology.delivery_limit:
             log.exception(
                 "job crashed (delivery %d); the message will be redelivered", deliveries, exc_info=exc
             )
-            await _settle(message, ack=False)
+            await self._settle_all(job.task_id, ack=False)
             return
         log.exception("job crashed on its last allowed delivery; failing the task", exc_info=exc)
         error = ErrorInfo(
@@ -154,21 +168,10 @@ class Lane:
             await self.broker.dead_letter(message, "crashed", error.model_dump(mode="json"))
         except Exception:
             log.exception("could not record the crash; requeueing")
-            await _settle(message, ack=False)
+            await self._settle_all(job.task_id, ack=False)
             return
         self.deps.metrics.dead_letters.labels("crashed").inc()
-        await _settle(message, ack=True)
-
-
-async def _settle(message: AbstractIncomingMessage, *, ack: bool) -> None:
-    """Ack or requeue; if the channel that delivered it is gone, the broker redelivers it anyway."""
-    try:
-        if ack:
-            await message.ack()
-        else:
-            await message.nack(requeue=True)
-    except (ChannelInvalidStateError, AMQPError, RuntimeError) as exc:
-        log.warning("could not settle message (channel gone, it will be redelivered): %s", exc)
+        await self._settle_all(job.task_id, ack=True)
 
 
 def lane_summary(lanes: list[Lane]) -> dict[str, Any]:

@@ -1,0 +1,113 @@
+"""Settings of the provider emulator, changeable at run time through `POST /_sim/config`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
+
+SECRET_FIELDS = frozenset(
+    {"dashscope_api_key", "liblib_secret_key", "dashscope_extra_api_keys", "liblib_extra_keys"}
+)
+
+
+@dataclass
+class SimulatorConfig:
+    """What the emulated providers accept and how they behave; defaults mirror the real providers' limits."""
+
+    dashscope_api_key: str = "sk-sim"
+    liblib_access_key: str = "sim-access"
+    liblib_secret_key: str = "sim-secret"
+    task_seconds: float = 2.0
+    """How long each emulated task runs (0 = done at the first poll)."""
+    jitter_seconds: float = 0.0
+    """Each task runs `task_seconds` plus a uniform random extra in [0, jitter_seconds]."""
+    liblib_concurrency_limit: int | None = 5
+    """Tasks in flight per AccessKey; over it submit answers code 100054. None lifts the cap."""
+    liblib_submit_per_second: float | None = 1.0
+    """Submits per second per AccessKey; over it submit answers 429. None lifts the limit."""
+    dashscope_concurrency_limit: int | None = 2
+    """Tasks in flight per API key; over it submit answers 429 Throttling. None lifts the cap."""
+    dashscope_submit_per_second: float | None = 2.0
+    public_url: str | None = None
+    """Base of the image URLs handed out; default: the server's own URL."""
+    # Additions beyond the basic contract; all optional.
+    dashscope_extra_api_keys: list[str] = field(default_factory=list)
+    """More accepted DashScope keys, each its own account (own limits and stats)."""
+    liblib_extra_keys: dict[str, str] = field(default_factory=dict)
+    """More LiblibAI credentials, AccessKey -> SecretKey, each its own account."""
+    liblib_error_style: Literal["http", "envelope"] = "http"
+    """How LiblibAI reports 401/403/429: "http" = that HTTP status with the envelope carrying the same code;
+    "envelope" = HTTP 200 with the code only in the envelope. providers.md says both occur."""
+    liblib_initial_balance: int = 1_000_000
+    """Points each LiblibAI account starts with; a submit costing more than what is left answers 100021."""
+    image_fill: Literal["solid", "noise"] = "solid"
+    """"solid" images compress to a few KB; "noise" images are incompressible (about 3 bytes per pixel)."""
+
+    def __post_init__(self) -> None:
+        if self.task_seconds < 0 or self.jitter_seconds < 0:
+            raise ValueError("task_seconds and jitter_seconds must be >= 0")
+        for name in ("liblib_concurrency_limit", "dashscope_concurrency_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null")
+        for name in ("liblib_submit_per_second", "dashscope_submit_per_second"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 or null")
+        if self.public_url is not None:
+            self.public_url = self.public_url.rstrip("/")
+        if self.liblib_initial_balance < 0:
+            raise ValueError("liblib_initial_balance must be >= 0")
+
+    def dashscope_keys(self) -> set[str]:
+        return {self.dashscope_api_key, *self.dashscope_extra_api_keys}
+
+    def liblib_secrets(self) -> dict[str, str]:
+        """AccessKey -> SecretKey of every accepted LiblibAI credential."""
+        return {**self.liblib_extra_keys, self.liblib_access_key: self.liblib_secret_key}
+
+    def public(self) -> dict[str, Any]:
+        """The settings without secrets, for `GET /_sim/config` and the stats."""
+        out = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            out.pop(name)
+        out["dashscope_credentials"] = sorted(key_label(k) for k in self.dashscope_keys())
+        out["liblib_credentials"] = sorted(self.liblib_secrets())
+        return out
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply a partial update in place, all or nothing; raises ValueError with a readable message."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(unknown)}")
+        merged = {**dataclasses.asdict(self), **changes}
+        try:
+            checked = _ADAPTER.validate_python(merged)
+        except ValidationError as exc:
+            raise ValueError(_short(exc)) from None
+        for name in names:
+            setattr(self, name, getattr(checked, name))
+
+
+def key_label(api_key: str) -> str:
+    """How a DashScope key is named in stats: a short hash, since the key itself is a secret.
+
+    LiblibAI credentials are named by their AccessKey, which is not secret.
+    """
+    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+def _short(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+_ADAPTER: TypeAdapter[SimulatorConfig] = TypeAdapter(SimulatorConfig)
