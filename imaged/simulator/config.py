@@ -43,7 +43,8 @@ class SimulatorConfig:
     """How LiblibAI reports 401/403/429: "http" = that HTTP status with the envelope carrying the same code;
     "envelope" = HTTP 200 with the code only in the envelope. providers.md says both occur."""
     liblib_initial_balance: int = 1_000_000
-    """Points each LiblibAI account starts with; a submit costing more than what is left answers 100021."""
+    """Points each LiblibAI account starts with; a submit costing more than what is left answers 100021.
+    Balances are this minus the points spent, so changing it at run time applies at once."""
     image_fill: Literal["solid", "noise"] = "solid"
     """"solid" images compress to a few KB; "noise" images are incompressible (about 3 bytes per pixel)."""
 

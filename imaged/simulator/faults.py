@@ -1,7 +1,8 @@
 """Faults injected at run time (`POST /_sim/faults`), so tests and chaos runs can make the providers misbehave.
 
 A fault matches a provider ("aliyun", "liblibai" or "*"), a stage ("submit", "poll", "cancel", "download") and
-fires either with a probability (`rate`) or for the next `count` matching requests. Two families:
+fires either with a probability (`rate`) or for the next `count` matching requests (neither: every time).
+Two families:
 
 - transport faults act on the HTTP exchange of one request, before the provider logic runs (or, with
   `"phase": "after"`, after it ran and had its effects, e.g. a task created whose reply is lost):
@@ -52,6 +53,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "download": TRANSPORT_KINDS | {"truncated"},
 }
 DEFAULT_SECONDS = {"timeout": 30.0, "slow": 5.0}
+_VARIANTS = frozenset(
+    {
+        ("moderation", "code"),
+        ("moderation", "audit"),
+        ("moderation", "audit_listed"),
+        ("partial", "audit"),
+        ("partial", "audit_listed"),
+    }
+)
 
 
 class FaultSpec(BaseModel):
@@ -70,9 +80,11 @@ class FaultSpec(BaseModel):
     """timeout: how long the request is held before the connection is dropped (default 30);
     slow: how long the answer (or the image body, in chunks) takes (default 5)."""
     phase: Literal["before", "after"] = "before"
-    variant: Literal["code", "audit"] | None = None
-    """LiblibAI output moderation: "code" (default) answers envelope code 100055 with generateStatus 6;
-    "audit" ends in generateStatus 5 with every image blocked (auditStatus 4) and so dropped from `images`."""
+    variant: Literal["code", "audit", "audit_listed"] | None = None
+    """How LiblibAI shows blocked images (providers.md could not confirm one form). For moderation: "code"
+    (default) answers envelope code 100055 with generateStatus 6; "audit" ends in generateStatus 5 with every
+    image dropped from `images`; "audit_listed" ends in 5 with every image listed with auditStatus 4 and no
+    imageUrl. For partial: "audit" (default) drops the blocked images, "audit_listed" lists them so."""
 
     @field_validator("provider", mode="before")
     @classmethod
@@ -88,6 +100,8 @@ class FaultSpec(BaseModel):
             raise ValueError(
                 f"kind {self.kind!r} does not apply to stage {self.stage!r} (allowed: {allowed})"
             )
+        if self.variant is not None and (self.kind, self.variant) not in _VARIANTS:
+            raise ValueError(f"variant {self.variant!r} does not apply to kind {self.kind!r}")
         if self.phase == "after" and (self.kind not in TRANSPORT_KINDS or self.stage == "download"):
             raise ValueError('phase "after" applies only to transport kinds at submit, poll or cancel')
         return self

@@ -255,7 +255,7 @@ def generate_status(state: SimState, task: SimTask, now: float) -> int:
     if outcome.kind == "status7":
         return 7
     if outcome.kind == "moderation":
-        return 5 if outcome.variant == "audit" else 6
+        return 5 if outcome.variant in ("audit", "audit_listed") else 6
     return 5
 
 
@@ -327,7 +327,7 @@ class LiblibAI:
                 raise
             account = state.account(PROVIDER, access_key)
             cost = POINTS_PER_IMAGE[job.family] * job.count
-            if account.balance < cost:
+            if state.balance(account) < cost:
                 state.count(PROVIDER, access_key, "rejected")
                 raise LiblibError(100021, "insufficient points")
             if state.faults.draw(PROVIDER, "submit", frozenset({"moderation"})) is not None:
@@ -338,7 +338,7 @@ class LiblibAI:
                 raise LiblibError(100054, "concurrent generation task limit reached")
         except LiblibError as exc:
             return self._answer(exc)
-        account.balance -= cost
+        account.points_spent += cost
         first = job.seed if job.seed is not None and job.seed >= 0 else state.rng.randint(0, 2**32 - 1)
         task = state.new_task(
             id=uuid.uuid4().hex,
@@ -389,13 +389,13 @@ class LiblibAI:
             else round(min(task.progress(now), 0.99), 2),
             "generateMsg": "",
             "pointsCost": int(task.extras.get("points", 0)),
-            "accountBalance": account.balance,
+            "accountBalance": self.state.balance(account),
             "images": [],
         }
         if status < 5:
             return envelope(0, "", data)
         outcome = self.state.outcome(task)
-        if outcome.kind == "moderation" and outcome.variant != "audit":
+        if outcome.kind == "moderation" and outcome.variant not in ("audit", "audit_listed"):
             data["generateMsg"] = "sensitive content in result"
             return envelope(100055, "sensitive content in result", data)
         if status == 6:
@@ -411,7 +411,9 @@ class LiblibAI:
             noise = self.state.config.image_fill == "noise"
             for index, seed in enumerate(task.seeds):
                 if index in blocked:
-                    continue  # auditStatus 4: blocked images are left out
+                    if outcome.variant == "audit_listed":
+                        data["images"].append({"imageUrl": "", "seed": seed, "auditStatus": 4})
+                    continue  # by default blocked images (auditStatus 4) are left out
                 name = ImageName(
                     PROVIDER, task.id, index, task.width, task.height, fill_for(seed, noise)
                 ).render()

@@ -77,7 +77,7 @@ def build_stats(state: SimState) -> dict[str, Any]:
                 "tasks_by_state": counts,
             }
             if provider == "liblibai":
-                credentials[label]["account_balance"] = account.balance
+                credentials[label]["account_balance"] = state.balance(account)
         cap, rate = state.limits(provider)
         providers[provider] = {
             **state.totals[provider].to_json(),
@@ -115,15 +115,16 @@ class Images:
         expires = request.query.get("Expires", "")
         if expires.isdigit() and int(expires) < time.time():
             return web.Response(status=403, text="AccessDenied: Request has expired")
-        if request.method == "GET":
-            task = state.tasks.get(name.task_id)
-            state.count(name.provider, task.credential if task is not None else None, "downloads")
-        fault = state.faults.draw(name.provider, "download", TRANSPORT_KINDS | {"truncated"})
 
         async def serve(_: web.Request) -> web.StreamResponse:
             data = await state.images.get(name.width, name.height, name.fill)
             return web.Response(body=data, content_type="image/png")
 
+        if request.method != "GET":  # HEAD: neither counted nor faulted
+            return await serve(request)
+        task = state.tasks.get(name.task_id)
+        state.count(name.provider, task.credential if task is not None else None, "downloads")
+        fault = state.faults.draw(name.provider, "download", TRANSPORT_KINDS | {"truncated"})
         if fault is None:
             return await serve(request)
         if fault.spec.kind not in ("slow", "truncated", "malformed_json"):

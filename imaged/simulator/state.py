@@ -131,10 +131,10 @@ class RateLimiter:
 class Account:
     """One credential as the provider sees it: counters, tasks in flight, submit rate, points."""
 
-    def __init__(self, label: str, balance: int) -> None:
+    def __init__(self, label: str) -> None:
         self.label = label
         self.counters = Counters()
-        self.balance = balance
+        self.points_spent = 0
         self.bucket: RateLimiter | None = None
         self._live: set[str] = set()
         self._ends: list[tuple[float, str]] = []
@@ -182,7 +182,7 @@ class SimState:
         key = (provider, label)
         found = self.accounts.get(key)
         if found is None:
-            found = self.accounts[key] = Account(label, self.config.liblib_initial_balance)
+            found = self.accounts[key] = Account(label)
         return found
 
     def count(self, provider: Provider, label: str | None, name: str, n: int = 1) -> None:
@@ -192,6 +192,10 @@ class SimState:
         if label is not None:
             counters = self.account(provider, label).counters
             setattr(counters, name, getattr(counters, name) + n)
+
+    def balance(self, account: Account) -> int:
+        """Points left on a LiblibAI account (follows changes of `liblib_initial_balance`)."""
+        return self.config.liblib_initial_balance - account.points_spent
 
     def limits(self, provider: Provider) -> tuple[int | None, float | None]:
         """(concurrency cap, submits per second) of one credential of the provider."""
@@ -263,7 +267,9 @@ class SimState:
                 task.outcome = Outcome(fault.spec.kind, fault.spec.variant, failed)
                 logger.debug("%s task %s ends with fault %s", task.provider, task.id, fault.spec.kind)
                 if task.provider == "liblibai" and fault.spec.kind in ("fail", "status7"):
-                    self.account(task.provider, task.credential).balance += int(task.extras.get("points", 0))
+                    self.account(task.provider, task.credential).points_spent -= int(
+                        task.extras.get("points", 0)
+                    )
         return task.outcome
 
     def image_base(self, request: web.Request) -> str:

@@ -86,7 +86,9 @@ async def liblib(
     **sign: Any,
 ) -> tuple[int, dict[str, Any]]:
     """POST a signed LiblibAI request; returns (HTTP status, envelope)."""
-    async with http.post(f"{sim.liblib_base_url}{path}", params=signed_params(path, **sign), json=body) as resp:
+    async with http.post(
+        f"{sim.liblib_base_url}{path}", params=signed_params(path, **sign), json=body
+    ) as resp:
         return resp.status, await resp.json()
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 async def test_text2image_runs_pending_running_succeeded(sim: Simulator, http: aiohttp.ClientSession) -> None:
-    sim.config.update({"task_seconds": 0.6})
+    sim.config.update({"task_seconds": 1.0})  # PENDING for the first 0.2 s
     status, body, _ = await dashscope(http, sim, "POST", T2I, t2i_body(size="768*512", n=2, seed=40))
     assert status == 200
     assert body["output"]["task_status"] == "PENDING"
@@ -65,10 +65,15 @@ async def test_n_defaults_to_four_like_the_real_api(sim: Simulator, http: aiohtt
     assert all("_1024x1024_" in r["url"] for r in final["output"]["results"])
 
 
-async def test_prompt_extend_false_gives_no_actual_prompt(sim: Simulator, http: aiohttp.ClientSession) -> None:
+async def test_prompt_extend_false_gives_no_actual_prompt(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
     long_prompt = "猫" * 1000
-    body = {"model": "wanx2.1-t2i-turbo", "input": {"prompt": long_prompt}, "parameters": {"n": 1}}
-    body["parameters"]["prompt_extend"] = False
+    body = {
+        "model": "wanx2.1-t2i-turbo",
+        "input": {"prompt": long_prompt},
+        "parameters": {"n": 1, "prompt_extend": False},
+    }
     _, submitted, _ = await dashscope(http, sim, "POST", T2I, body)
     _, final = await poll_dashscope(http, sim, submitted["output"]["task_id"])
     result = final["output"]["results"][0]
@@ -108,12 +113,20 @@ async def test_synchronous_call_is_refused(sim: Simulator, http: aiohttp.ClientS
         (t2i_body(seed=-1), 400, "InvalidParameter"),
         (t2i_body(watermark="yes"), 400, "InvalidParameter"),
         ({"model": "wanx2.1-t2i-turbo", "input": {"negative_prompt": "x"}}, 400, "InvalidParameter"),
-        ({"model": "wanx2.1-t2i-turbo", "input": {"prompt": "x", "negative_prompt": "n" * 501}}, 400, "InvalidParameter"),
+        (
+            {"model": "wanx2.1-t2i-turbo", "input": {"prompt": "x", "negative_prompt": "n" * 501}},
+            400,
+            "InvalidParameter",
+        ),
         ({"model": "wanx2.1-t2i-turbo"}, 400, "BadRequest.EmptyInput"),
         ({"input": {"prompt": "x"}}, 400, "BadRequest.EmptyModel"),
         ({"model": "no-such-model", "input": {"prompt": "x"}}, 404, "ModelNotFound"),
         ({"model": "wanx2.1-imageedit", "input": {"prompt": "x"}}, 400, "InvalidParameter"),
-        ({"model": "wanx-v1", "input": {"prompt": "x"}, "parameters": {"size": "800*800"}}, 400, "InvalidParameter"),
+        (
+            {"model": "wanx-v1", "input": {"prompt": "x"}, "parameters": {"size": "800*800"}},
+            400,
+            "InvalidParameter",
+        ),
         ([1, 2], 400, "InvalidParameter"),
     ],
 )
@@ -175,7 +188,9 @@ async def test_cancel_only_while_pending(sim: Simulator, http: aiohttp.ClientSes
 
     _, second, _ = await dashscope(http, sim, "POST", T2I, t2i_body(n=1))
     await asyncio.sleep(0.8)  # RUNNING now
-    status, refused, _ = await dashscope(http, sim, "POST", f"/api/v1/tasks/{second['output']['task_id']}/cancel")
+    status, refused, _ = await dashscope(
+        http, sim, "POST", f"/api/v1/tasks/{second['output']['task_id']}/cancel"
+    )
     assert (status, refused["code"]) == (400, "UnsupportedOperation")
     assert "PENDING" in refused["message"]
     stats = sim.stats()["providers"]["aliyun"]
@@ -189,7 +204,11 @@ async def test_image_edit_never_fetches_its_input(
 ) -> None:
     body = {
         "model": "wanx2.1-imageedit",
-        "input": {"function": "stylization_all", "prompt": "转换成法国绘本风格", "base_image_url": listener.url},
+        "input": {
+            "function": "stylization_all",
+            "prompt": "转换成法国绘本风格",
+            "base_image_url": listener.url,
+        },
         "parameters": {"seed": 7},
     }
     status, submitted, _ = await dashscope(http, sim, "POST", I2I, body)
@@ -208,10 +227,16 @@ async def test_image_edit_never_fetches_its_input(
         {"function": "no_such_function", "prompt": "x", "base_image_url": "http://example.invalid/a.png"},
         {"function": "stylization_all", "prompt": "x"},
         {"function": "stylization_all", "prompt": "x", "base_image_url": "file:///etc/passwd"},
-        {"function": "description_edit_with_mask", "prompt": "x", "base_image_url": "http://example.invalid/a.png"},
+        {
+            "function": "description_edit_with_mask",
+            "prompt": "x",
+            "base_image_url": "http://example.invalid/a.png",
+        },
     ],
 )
-async def test_image_edit_validation(sim: Simulator, http: aiohttp.ClientSession, inputs: dict[str, Any]) -> None:
+async def test_image_edit_validation(
+    sim: Simulator, http: aiohttp.ClientSession, inputs: dict[str, Any]
+) -> None:
     status, body, _ = await dashscope(http, sim, "POST", I2I, {"model": "wanx2.1-imageedit", "input": inputs})
     assert status == 400
     assert body["code"] in ("InvalidParameter", "InvalidURL")
@@ -219,12 +244,9 @@ async def test_image_edit_validation(sim: Simulator, http: aiohttp.ClientSession
 
 async def test_submit_rate_limit(sim: Simulator, http: aiohttp.ClientSession) -> None:
     sim.config.update({"dashscope_submit_per_second": 2.0})
-    statuses = []
-    for _ in range(3):
-        status, body, _ = await dashscope(http, sim, "POST", T2I, t2i_body(n=1))
-        statuses.append((status, body.get("code")))
-    assert statuses[:2] == [(200, None), (200, None)]
-    assert statuses[2] == (429, "Throttling.RateQuota")
+    answers = await asyncio.gather(*(dashscope(http, sim, "POST", T2I, t2i_body(n=1)) for _ in range(3)))
+    statuses = sorted((status, body.get("code")) for status, body, _ in answers)
+    assert statuses == [(200, None), (200, None), (429, "Throttling.RateQuota")]
     await asyncio.sleep(0.6)
     status, _, _ = await dashscope(http, sim, "POST", T2I, t2i_body(n=1))
     assert status == 200
@@ -257,7 +279,11 @@ async def test_official_sdk_completes_a_task(sim: Simulator, monkeypatch: pytest
 
     def run() -> Any:
         task = ImageSynthesis.async_call(
-            model="wanx2.1-t2i-turbo", prompt="一只可爱的小猫咪在草地上玩耍", n=1, size="1024*1024", api_key=API_KEY
+            model="wanx2.1-t2i-turbo",
+            prompt="一只可爱的小猫咪在草地上玩耍",
+            n=1,
+            size="1024*1024",
+            api_key=API_KEY,
         )
         assert task.status_code == 200, task
         assert task.output.task_status == "PENDING"
@@ -281,7 +307,8 @@ async def test_official_sdk_sees_errors_and_cancel(sim: Simulator, monkeypatch: 
     def run() -> tuple[Any, Any, Any]:
         bad = ImageSynthesis.async_call(model="wanx2.1-t2i-turbo", prompt="x", size="9*9", api_key=API_KEY)
         task = ImageSynthesis.async_call(model="wanx2.1-t2i-turbo", prompt="x", n=1, api_key=API_KEY)
-        canceled = ImageSynthesis.cancel(task, api_key=API_KEY)
+        # cancel is inherited from the SDK's base class but missing from its type stub
+        canceled = ImageSynthesis.cancel(task, api_key=API_KEY)  # type: ignore[attr-defined]
         fetched = ImageSynthesis.fetch(task, api_key=API_KEY)
         return bad, canceled, fetched
 

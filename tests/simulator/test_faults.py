@@ -14,7 +14,17 @@ from PIL import Image
 
 from imaged.simulator import Simulator, SimulatorConfig
 
-from .conftest import STAR3_T2I, T2I, dashscope, liblib, poll_dashscope, poll_liblib, sim_post, star3_body, t2i_body
+from .conftest import (
+    STAR3_T2I,
+    T2I,
+    dashscope,
+    liblib,
+    poll_dashscope,
+    poll_liblib,
+    sim_post,
+    star3_body,
+    t2i_body,
+)
 
 pytestmark = pytest.mark.timeout(30)
 STATUS = "/api/generate/webui/status"
@@ -72,9 +82,13 @@ async def test_fault_routes_list_add_and_clear(sim: Simulator, http: aiohttp.Cli
         {"stage": "poll", "kind": "http_500", "colour": "red"},
         {"stage": "poll", "kind": "fail", "phase": "after"},
         {"provider": "midjourney", "stage": "poll", "kind": "fail"},
+        {"stage": "poll", "kind": "fail", "variant": "audit"},
+        {"stage": "poll", "kind": "partial", "variant": "code"},
     ],
 )
-async def test_invalid_fault_specs_are_400(sim: Simulator, http: aiohttp.ClientSession, spec: dict[str, Any]) -> None:
+async def test_invalid_fault_specs_are_400(
+    sim: Simulator, http: aiohttp.ClientSession, spec: dict[str, Any]
+) -> None:
     async with http.post(f"{sim.url}/_sim/faults", json=spec) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]
@@ -215,7 +229,11 @@ async def test_input_moderation(sim: Simulator, http: aiohttp.ClientSession) -> 
 
 
 async def test_dashscope_task_outcomes(sim: Simulator, http: aiohttp.ClientSession) -> None:
-    expected = {"moderation": "DataInspectionFailed", "fail": "InternalError", "status7": "InternalError.Timeout"}
+    expected = {
+        "moderation": "DataInspectionFailed",
+        "fail": "InternalError",
+        "status7": "InternalError.Timeout",
+    }
     for kind, code in expected.items():
         await add_fault(http, sim, provider="aliyun", stage="poll", kind=kind, count=1)
         _, submitted, _ = await dashscope(http, sim, "POST", T2I, t2i_body(n=2))
@@ -271,12 +289,19 @@ async def test_liblib_task_outcomes(sim: Simulator, http: aiohttp.ClientSession)
     seen, answer = await run("moderation", variant="audit")
     assert (answer["code"], seen[-1], answer["data"]["images"]) == (0, 5, [])
 
+    seen, answer = await run("moderation", variant="audit_listed")
+    assert (answer["code"], seen[-1]) == (0, 5)
+    assert [(i["imageUrl"], i["auditStatus"]) for i in answer["data"]["images"]] == [("", 4), ("", 4)]
+
     seen, answer = await run("partial")
     assert seen[-1] == 5 and len(answer["data"]["images"]) == 1
     assert answer["data"]["images"][0]["auditStatus"] == 3
 
+    seen, answer = await run("partial", variant="audit_listed")
+    assert [i["auditStatus"] for i in answer["data"]["images"]] == [3, 4]
+
     by_state = sim.stats()["providers"]["liblibai"]["tasks_by_state"]
-    assert (by_state["5"], by_state["6"], by_state["7"]) == (2, 2, 1)
+    assert (by_state["5"], by_state["6"], by_state["7"]) == (4, 2, 1)
 
 
 async def test_download_faults(sim: Simulator, http: aiohttp.ClientSession) -> None:
@@ -296,9 +321,8 @@ async def test_download_faults(sim: Simulator, http: aiohttp.ClientSession) -> N
     async with http.get(url) as resp:
         corrupt = await resp.read()
     assert corrupt.startswith(b"\x89PNG\r\n\x1a\n")
-    with pytest.raises(Exception, match=r".+"):  # noqa: B017 - Pillow raises several kinds for corrupt data
-        with Image.open(io.BytesIO(corrupt)) as image:
-            image.load()
+    with pytest.raises(OSError), Image.open(io.BytesIO(corrupt)) as image:  # UnidentifiedImageError
+        image.load()
 
     await add_fault(http, sim, provider="liblibai", stage="download", kind="slow", count=1, seconds=0.6)
     started = time.monotonic()

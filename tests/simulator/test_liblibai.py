@@ -60,7 +60,9 @@ async def image_size(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
 
 async def test_star3_runs_statuses_one_to_five(sim: Simulator, http: aiohttp.ClientSession) -> None:
     sim.config.update({"task_seconds": 1.5})
-    status, submitted = await liblib(http, sim, STAR3_T2I, star3_body(aspectRatio="portrait", imgCount=2, steps=30))
+    status, submitted = await liblib(
+        http, sim, STAR3_T2I, star3_body(aspectRatio="portrait", imgCount=2, steps=30)
+    )
     assert status == 200
     assert submitted["code"] == 0 and submitted["msg"] == ""
     uuid = submitted["data"]["generateUuid"]
@@ -119,9 +121,14 @@ async def test_balance_decreases_with_each_task(sim: Simulator, http: aiohttp.Cl
 
 
 async def test_insufficient_points(sim: Simulator, http: aiohttp.ClientSession) -> None:
-    sim.config.update({"liblib_initial_balance": 5})
+    status, answer = await liblib(http, sim, STAR3_T2I, star3_body(aspectRatio="square"))
+    assert answer["code"] == 0
+    _, final = await poll_liblib(http, sim, answer["data"]["generateUuid"])
+    cost = final["data"]["pointsCost"]
+    sim.config.update({"liblib_initial_balance": cost + 5})  # 5 points left now
     status, answer = await liblib(http, sim, STAR3_T2I, star3_body(aspectRatio="square"))
     assert (status, answer["code"]) == (200, 100021)
+    assert sim.stats()["providers"]["liblibai"]["credentials"][ACCESS_KEY]["account_balance"] == 5
 
 
 async def test_star3_img2img_never_fetches_its_source(
@@ -179,7 +186,11 @@ async def test_custom_models(sim: Simulator, http: aiohttp.ClientSession) -> Non
         (STAR3_T2I, star3_body(aspectRatio="wide"), 100000),
         (STAR3_T2I, star3_body(imageSize={"width": 300, "height": 900}), 100000),
         (STAR3_T2I, star3_body(), 100050),
-        (STAR3_T2I, {"templateUuid": STAR3_TEMPLATE, "generateParams": {"aspectRatio": "square", "imgCount": 1}}, 100050),
+        (
+            STAR3_T2I,
+            {"templateUuid": STAR3_TEMPLATE, "generateParams": {"aspectRatio": "square", "imgCount": 1}},
+            100050,
+        ),
         (STAR3_T2I, {"templateUuid": STAR3_TEMPLATE}, 100050),
         (STAR3_T2I, star3_body(aspectRatio="square", prompt="x" * 2001), 100000),
         (STAR3_T2I, {"templateUuid": "00000000000000000000000000000000", "generateParams": {}}, 100120),
@@ -187,8 +198,16 @@ async def test_custom_models(sim: Simulator, http: aiohttp.ClientSession) -> Non
         (CUSTOM_T2I, {"templateUuid": STAR3_TEMPLATE, "generateParams": {"prompt": "x"}}, 100120),
         (CUSTOM_T2I, {"templateUuid": SD_TEMPLATE, "generateParams": {"prompt": "x"}}, 100050),
         (CUSTOM_T2I, {"templateUuid": F1_TEMPLATE, "generateParams": {"prompt": "x", "width": 2000}}, 100000),
-        (CUSTOM_T2I, {"templateUuid": F1_TEMPLATE, "generateParams": {"prompt": "x", "cfgScale": 20}}, 100000),
-        ("/api/generate/webui/img2img/ultra", star3_body(aspectRatio="square") | {"templateUuid": "07e00af4fc464c7ab55ff906f8acf1b7"}, 100050),
+        (
+            CUSTOM_T2I,
+            {"templateUuid": F1_TEMPLATE, "generateParams": {"prompt": "x", "cfgScale": 20}},
+            100000,
+        ),
+        (
+            "/api/generate/webui/img2img/ultra",
+            star3_body(aspectRatio="square") | {"templateUuid": "07e00af4fc464c7ab55ff906f8acf1b7"},
+            100050,
+        ),
     ],
 )
 async def test_invalid_submits(
@@ -236,7 +255,9 @@ async def test_another_accounts_task_is_100051(sim: Simulator, http: aiohttp.Cli
     ],
     ids=["wrong-secret", "unknown-access-key", "stale-timestamp", "future-timestamp", "standard-base64"],
 )
-async def test_bad_signatures_are_401(sim: Simulator, http: aiohttp.ClientSession, sign: dict[str, Any]) -> None:
+async def test_bad_signatures_are_401(
+    sim: Simulator, http: aiohttp.ClientSession, sign: dict[str, Any]
+) -> None:
     status, answer = await liblib(http, sim, STATUS, {"generateUuid": "x"}, **sign)
     assert (status, answer["code"]) == (401, 401)
     status, answer = await liblib(http, sim, STAR3_T2I, star3_body(aspectRatio="square"), **sign)
@@ -246,16 +267,22 @@ async def test_bad_signatures_are_401(sim: Simulator, http: aiohttp.ClientSessio
     assert stats["submits"] == 0 and stats["polls"] == 0
 
 
-async def test_signature_is_bound_to_the_path_and_required(sim: Simulator, http: aiohttp.ClientSession) -> None:
+async def test_signature_is_bound_to_the_path_and_required(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
     params = signed_params(STATUS)  # signed for another path
-    async with http.post(f"{sim.url}{STAR3_T2I}", params=params, json=star3_body(aspectRatio="square")) as resp:
+    async with http.post(
+        f"{sim.url}{STAR3_T2I}", params=params, json=star3_body(aspectRatio="square")
+    ) as resp:
         assert resp.status == 401
     async with http.post(f"{sim.url}{STATUS}", json={"generateUuid": "x"}) as resp:
         assert resp.status == 401
         assert (await resp.json())["code"] == 401
 
 
-async def test_signature_window_accepts_four_minutes_of_skew(sim: Simulator, http: aiohttp.ClientSession) -> None:
+async def test_signature_window_accepts_four_minutes_of_skew(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
     skewed = int(time.time() * 1000) - 4 * 60 * 1000
     status, answer = await liblib(http, sim, STATUS, {"generateUuid": "x"}, timestamp_ms=skewed)
     assert (status, answer["code"]) == (200, 100051)
@@ -268,7 +295,7 @@ async def test_envelope_error_style(sim: Simulator, http: aiohttp.ClientSession)
 
 
 async def test_five_task_cap_answers_100054(sim: Simulator, http: aiohttp.ClientSession) -> None:
-    sim.config.update({"liblib_concurrency_limit": 5, "task_seconds": 1.0})
+    sim.config.update({"liblib_concurrency_limit": 5, "task_seconds": 2.0})
     codes = []
     for _ in range(6):
         _, answer = await liblib(http, sim, STAR3_T2I, star3_body(aspectRatio="square"))
@@ -277,7 +304,7 @@ async def test_five_task_cap_answers_100054(sim: Simulator, http: aiohttp.Client
     stats = sim.stats()["providers"]["liblibai"]
     assert (stats["max_concurrent"], stats["concurrency_limit_hits"], stats["in_flight"]) == (5, 1, 5)
     assert stats["credentials"][ACCESS_KEY]["max_concurrent"] == 5
-    await asyncio.sleep(1.1)  # finished without being polled: slots are free again
+    await asyncio.sleep(2.1)  # finished without being polled: slots are free again
     _, answer = await liblib(http, sim, STAR3_T2I, star3_body(aspectRatio="square"))
     assert answer["code"] == 0
     assert sim.stats()["providers"]["liblibai"]["max_concurrent"] == 5
@@ -286,7 +313,9 @@ async def test_five_task_cap_answers_100054(sim: Simulator, http: aiohttp.Client
 async def test_caps_are_per_credential(sim: Simulator, http: aiohttp.ClientSession) -> None:
     sim.config.update({"liblib_concurrency_limit": 1, "task_seconds": 2, "liblib_extra_keys": {"ak2": "sk2"}})
     _, first = await liblib(http, sim, STAR3_T2I, star3_body(aspectRatio="square"))
-    _, second = await liblib(http, sim, STAR3_T2I, star3_body(aspectRatio="square"), access_key="ak2", secret="sk2")
+    _, second = await liblib(
+        http, sim, STAR3_T2I, star3_body(aspectRatio="square"), access_key="ak2", secret="sk2"
+    )
     _, third = await liblib(http, sim, STAR3_T2I, star3_body(aspectRatio="square"))
     assert [first["code"], second["code"], third["code"]] == [0, 0, 100054]
     stats = sim.stats()["providers"]["liblibai"]
@@ -315,7 +344,10 @@ async def test_one_submit_per_second(sim: Simulator, http: aiohttp.ClientSession
 async def test_comfyui_workflow(sim: Simulator, http: aiohttp.ClientSession) -> None:
     body = {
         "templateUuid": "4df2efa0f18d46dc9758803e478eb51c",
-        "generateParams": {"workflowUuid": "2f22c5a6e3a44b1b8d7a4b4a5e4a6d0e", "12": {"inputs": {"text": "cat"}}},
+        "generateParams": {
+            "workflowUuid": "2f22c5a6e3a44b1b8d7a4b4a5e4a6d0e",
+            "12": {"inputs": {"text": "cat"}},
+        },
     }
     status, submitted = await liblib(http, sim, "/api/generate/comfyui/app", body)
     assert (status, submitted["code"]) == (200, 0)
@@ -335,4 +367,7 @@ async def test_every_route_is_post_only(sim: Simulator, http: aiohttp.ClientSess
 def test_secret_in_fixture_matches_default_config() -> None:
     from imaged.simulator import SimulatorConfig
 
-    assert (SimulatorConfig().liblib_access_key, SimulatorConfig().liblib_secret_key) == (ACCESS_KEY, SECRET_KEY)
+    assert (SimulatorConfig().liblib_access_key, SimulatorConfig().liblib_secret_key) == (
+        ACCESS_KEY,
+        SECRET_KEY,
+    )
