@@ -61,17 +61,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _check_metadata_keys(value: Any, depth: int = 0) -> None:
+def check_plain_keys(value: Any, depth: int = 0) -> None:
+    """Keys stored in MongoDB must be plain names; nesting is bounded."""
     if depth > 8:
-        raise ValueError("metadata is nested too deeply (at most 8 levels)")
+        raise ValueError("nested too deeply (at most 8 levels)")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str) or not key or "." in key or key.startswith("$"):
-                raise ValueError(f"metadata key {key!r} is not a plain name (no '.', no leading '$')")
-            _check_metadata_keys(item, depth + 1)
+                raise ValueError(f"key {key!r} is not a plain name (no '.', no leading '$')")
+            check_plain_keys(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            _check_metadata_keys(item, depth + 1)
+            check_plain_keys(item, depth + 1)
 
 
 class Request(BaseModel):
@@ -94,7 +95,7 @@ class Request(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_plain(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _check_metadata_keys(value)
+        check_plain_keys(value)
         if len(json.dumps(value, ensure_ascii=False).encode()) > METADATA_MAX_BYTES:
             raise ValueError(f"metadata is larger than {METADATA_MAX_BYTES} bytes")
         return value

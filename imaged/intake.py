@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from .broker import Broker, settle
 from .catalog import Catalog
-from .contract import ErrorInfo, Request, Status, is_valid_task_id, new_task_id, utcnow
+from .contract import ErrorInfo, Request, Status, check_plain_keys, is_valid_task_id, new_task_id, utcnow
 from .errors import InvalidRequest
 from .events import EventPublisher
 from .metrics import Metrics
@@ -117,6 +117,10 @@ class Intake:
                 code="provider_not_configured",
             )
         params = provider.validate(spec, request.parameters)
+        try:
+            check_plain_keys(params)
+        except ValueError as exc:
+            raise InvalidRequest(f"parameters: {exc}", code="invalid_request") from exc
         now = utcnow()
         timeout_s = request.timeout_s or self.settings.task_timeout_s
         doc: TaskDoc = {

@@ -74,7 +74,8 @@ class ProviderSlots:
 
     async def before_submit(self, cred: Credential) -> None:
         """Wait for a submit turn: each turn is a future time bucket claimed by insert, so replicas never collide."""
-        period = 1.0 / self.submit_per_second
+        # A little slack, so that network jitter never lands two submits inside the provider's one-second window.
+        period = 1.05 / self.submit_per_second
         bucket = math.floor(time.time() / period) + 1
         holder = f"{self.leases.holder_prefix}:{secrets.token_hex(4)}"
         while not await self.leases.try_acquire(

@@ -55,9 +55,8 @@ class Bus:
         exchange = await self.channel.declare_exchange(
             f"{self.prefix}.events", aio_pika.ExchangeType.TOPIC, durable=True
         )
-        self.capture = await self.channel.declare_queue(
-            f"{self.prefix}.test-capture", auto_delete=False, durable=False
-        )
+        # Durable, so events survive a broker restart in the reliability suite.
+        self.capture = await self.channel.declare_queue(f"{self.prefix}.test-capture", durable=True)
         await self.capture.bind(exchange, routing_key="task.#")
         await self.capture.consume(self._on_event)
 

@@ -256,7 +256,8 @@ def parse_status(data: Any) -> PollResult:
         return PollResult(
             state=ProviderState.SUCCEEDED, progress=1.0, images=images, failed_images=failed, info=info
         )
-    if any(entry.get("code") == "audit_blocked" for entry in failed):
+    # `images` lists approved images only: a finished task with none at all had every image blocked by review.
+    if not failed or any(entry.get("code") == "audit_blocked" for entry in failed):
         error = ErrorInfo(
             category=ErrorCategory.CONTENT_POLICY,
             code="audit_blocked",

@@ -388,10 +388,11 @@ def test_liblib_blocked_images() -> None:
     assert len(blocked.failed_images) == 1
 
 
-def test_liblib_success_without_images() -> None:
+def test_liblib_success_without_images_means_all_blocked() -> None:
+    # `images` holds approved images only: none at all means review blocked every one.
     result = liblibai.parse_status(status(5, images=[]))
     assert result.state is ProviderState.FAILED and result.error is not None
-    assert result.error.category is C.PROVIDER_ERROR
+    assert result.error.category is C.CONTENT_POLICY and not result.error.retryable
 
 
 def test_liblib_failed_and_timed_out() -> None:

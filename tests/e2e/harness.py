@@ -1,0 +1,237 @@
+"""The reliability harness: imaged as real subprocesses, the emulator, the bus, and the tally of what was lost.
+
+Faults are real: SIGKILL and SIGTERM to the daemon, restarts of the broker and the database through
+``deploy/local/services.sh``, and the emulator's fault injection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aio_pika
+import aiohttp
+from pymongo import AsyncMongoClient
+
+from imaged.images import leftover_parts
+from imaged.simulator import Simulator, SimulatorConfig
+
+from ..support import AMQP_URL, MONGODB_URL, Bus
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = REPO / "deploy" / "local" / "services.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def open_log(path: Path) -> IO[bytes]:
+    return path.open("ab")
+
+
+class DaemonProcess:
+    """One ``imaged run`` subprocess with its own HTTP port and log file."""
+
+    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.env = env
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.port = free_port()
+        env = {**self.env, "IMAGED_HTTP_PORT": str(self.port)}
+        log = open_log(self.log_path)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "imaged",
+                "run",
+                env=env,
+                stdout=log,
+                stderr=log,
+                cwd=str(self.log_path.parent),
+            )
+        finally:
+            log.close()
+
+    async def wait_ready(self, within: float = 30.0) -> None:
+        url = f"http://127.0.0.1:{self.port}/health/ready"
+        async with aiohttp.ClientSession() as http, asyncio.timeout(within):
+            while True:
+                if self.proc is not None and self.proc.returncode is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status == 200:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.2)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def terminate(self, within: float = 60.0) -> int:
+        """SIGTERM and wait for the exit code."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(within):
+            return await self.proc.wait()
+
+
+@dataclass
+class Cluster:
+    """Daemon replicas on one namespace, pointed at an in-test emulator."""
+
+    namespace: str
+    workdir: Path
+    simulator: Simulator
+    config: SimulatorConfig
+    extra_env: dict[str, str] = field(default_factory=dict)
+    daemons: list[DaemonProcess] = field(default_factory=list)
+
+    @property
+    def image_dir(self) -> Path:
+        return self.workdir / "images"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGED_")}
+        env.update(
+            {
+                "IMAGED_AMQP_URL": AMQP_URL,
+                "IMAGED_AMQP_PREFIX": self.namespace,
+                "IMAGED_MONGODB_URL": MONGODB_URL,
+                "IMAGED_MONGODB_DB": self.namespace,
+                "IMAGED_IMAGE_DIR": str(self.image_dir),
+                "IMAGED_ALIYUN_API_KEY": self.config.dashscope_api_key,
+                "IMAGED_ALIYUN_BASE_URL": self.simulator.dashscope_base_url,
+                "IMAGED_LIBLIBAI_ACCESS_KEY": self.config.liblib_access_key,
+                "IMAGED_LIBLIBAI_SECRET_KEY": self.config.liblib_secret_key,
+                "IMAGED_LIBLIBAI_BASE_URL": self.simulator.liblib_base_url,
+                "IMAGED_POLL_FIRST_DELAY_S": "0.2",
+                "IMAGED_POLL_MAX_INTERVAL_S": "0.5",
+                "IMAGED_LEASE_TTL_S": "3",
+                "IMAGED_SHUTDOWN_GRACE_S": "20",
+                "IMAGED_LOG_FORMAT": "json",
+                "IMAGED_LOG_LEVEL": "INFO",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    async def spawn(self) -> DaemonProcess:
+        index = len(self.daemons)
+        daemon = DaemonProcess(f"daemon-{index}", self.env(), self.workdir / f"daemon-{index}.log")
+        await daemon.start()
+        await daemon.wait_ready()
+        self.daemons.append(daemon)
+        return daemon
+
+    async def restart(self, daemon: DaemonProcess) -> None:
+        await daemon.start()
+        await daemon.wait_ready()
+
+    async def stop_all(self) -> list[int]:
+        return [await d.terminate() for d in self.daemons if d.proc is not None]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {d.name}\n{d.log_tail(60)}" for d in self.daemons)
+
+
+async def run_services(command: str) -> None:
+    """Restart a local server through the project's own script (``restart-rabbitmq`` / ``restart-mongo``)."""
+    proc = await asyncio.create_subprocess_exec(
+        "bash", str(SERVICES), command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"services.sh {command} failed:\n{out.decode(errors='replace')}")
+
+
+async def publish_tasks(bus: Bus, bodies: Iterable[tuple[str, bytes]]) -> list[str]:
+    ids = []
+    for task_id, body in bodies:
+        await bus.publish(body, message_id=task_id)
+        ids.append(task_id)
+    return ids
+
+
+async def dead_letter_count(namespace: str) -> int:
+    connection = await aio_pika.connect(AMQP_URL, timeout=10)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{namespace}.dead", passive=True)
+        count = queue.declaration_result.message_count
+        return int(count or 0)
+    finally:
+        await connection.close()
+
+
+async def stored_statuses(namespace: str, task_ids: Iterable[str]) -> dict[str, str]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(MONGODB_URL, serverSelectionTimeoutMS=10000)
+    try:
+        docs = client[namespace]["tasks"].find({"_id": {"$in": list(task_ids)}})
+        return {doc["_id"]: doc["status"] async for doc in docs}
+    finally:
+        await client.close()
+
+
+@dataclass
+class Tally:
+    """What a reliability run must report: nothing lost, nothing duplicated."""
+
+    name: str
+    tasks: int
+    lost: int
+    duplicate_terminal_ids: int
+    submissions: int
+    leftover_partials: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return json.dumps(
+            {
+                "run": self.name,
+                **{k: v for k, v in self.__dict__.items() if k not in ("name", "extra")},
+                **self.extra,
+            }
+        )
+
+
+async def tally(name: str, cluster: Cluster, bus: Bus, task_ids: list[str], **extra: Any) -> Tally:
+    stored = await stored_statuses(cluster.namespace, task_ids)
+    terminal_words = {"completed", "failed", "canceled"}
+    lost = [t for t in task_ids if not bus.terminal(t) or stored.get(t) not in terminal_words]
+    duplicates = [t for t in task_ids if len({e["event_id"] for e in bus.terminal(t)}) > 1]
+    stats = cluster.simulator.stats()["providers"]
+    submissions = sum(int(p["submits"]) for p in stats.values())
+    partials = leftover_parts(cluster.image_dir)
+    return Tally(name, len(task_ids), len(lost), len(duplicates), submissions, len(partials), extra)
