@@ -1,22 +1,42 @@
-"""HTTP API (aiohttp, in the daemon's loop): the original service's task endpoints, health and metrics.
+"""HTTP API (aiohttp, in the daemon's loop): the original service's task endpoints plus list, cancel, models,
+health, metrics and the OpenAPI document.
 
-Every response uses the original envelope ``{"success", "message", "results"}``; errors never carry a traceback.
+Every response of ``/api/v1`` uses the original envelope ``{"success", "message", "results"}``; errors carry
+``success: false`` and ``results: null`` and never a traceback. Task routes and ``/api/v1/models`` need a
+credential (see :mod:`imaged.auth`) unless the API is open; a task of another tenant answers 404.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import aio_pika
 from aiohttp import web
+from prometheus_client import Counter
 from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
 
-from .contract import Request, Status, new_task_id
+from . import __version__
+from .auth import (
+    OWNER_HEADER,
+    ApiKeys,
+    Authenticator,
+    AuthError,
+    Principal,
+    RateLimiter,
+    amqp_user,
+    is_loopback,
+)
+from .contract import TASK_ID_PATTERN, ErrorInfo, Request, Result, Status, is_valid_task_id, new_task_id
+from .errors import ConfigError, InvalidRequest
 from .intake import describe_validation_error
 from .store import TaskDoc
 
@@ -26,15 +46,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("authenticator")
+LIMITER_KEY: web.AppKey[RateLimiter] = web.AppKey("create_limiter")
+HTTP_REQUESTS_KEY: web.AppKey[Counter] = web.AppKey("http_requests")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+LIST_DEFAULT_LIMIT = 20
+LIST_MAX_LIMIT = 100
+LIST_MAX_OFFSET = 100_000
+PUBLISH_TIMEOUT_S = 10.0
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-def envelope(results: Any, message: str, *, success: bool = True, status: int = 200) -> web.Response:
-    body = {"success": success, "message": message, "results": results}
-    return web.json_response(
-        body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False, default=_json)
-    )
+OPEN_BANNER = """
+************************************************************************************
+*  OPEN MODE: no API keys and no JWT key are configured, so the HTTP API accepts   *
+*  every caller and shows every task. It is bound to {host:<30}*
+*  (loopback only). Configure IMAGED_API_KEYS, `imaged keys add` or IMAGED_JWT_*  *
+*  before exposing it.                                                             *
+************************************************************************************"""
+
+
+# -- envelope -----------------------------------------------------------------------------------------------------
 
 
 def _json(value: Any) -> Any:
@@ -43,8 +77,36 @@ def _json(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def error(status: int, message: str) -> web.Response:
-    return envelope(None, message, success=False, status=status)
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=_json)
+
+
+def envelope(results: Any, message: str, *, success: bool = True, status: int = 200) -> web.Response:
+    body = {"success": success, "message": message, "results": results}
+    return web.json_response(body, status=status, dumps=dumps)
+
+
+def error(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
+    response = envelope(None, message, success=False, status=status)
+    response.headers.update(headers or {})
+    return response
+
+
+class ApiError(Exception):
+    """An answer other than success, in the envelope: raised by a handler, rendered by the middleware."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+_DEFAULT_MESSAGES = {
+    404: "not found",
+    405: "method not allowed",
+    413: "request body too large",
+}
 
 
 @web.middleware
@@ -52,15 +114,36 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every failure answers in the envelope; nothing internal leaks."""
     try:
         return await handler(request)
+    except ApiError as exc:
+        return error(exc.status, exc.message, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.reason or "error")
+        if exc.status == 413:
+            cap = request.app[DAEMON_KEY].settings.max_request_bytes
+            message = f"request body too large: the limit is {cap} bytes"
+        else:
+            message = _DEFAULT_MESSAGES.get(exc.status) or exc.reason or "error"
+        kept = {k: v for k, v in exc.headers.items() if k in _KEPT_HEADERS}
+        return error(exc.status, message, headers=kept)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("HTTP handler failed: %s %s", request.method, request.path)
         return error(500, "internal error")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "other"
+    request.app[HTTP_REQUESTS_KEY].labels(method, route, str(response.status)).inc()
+    return response
+
+
+# -- views ----------------------------------------------------------------------------------------------------------
 
 
 def status_view(doc: TaskDoc) -> dict[str, Any]:
@@ -72,6 +155,7 @@ def status_view(doc: TaskDoc) -> dict[str, Any]:
         "provider": doc.get("provider"),
         "created_at": doc.get("created_at"),
         "updated_at": doc.get("updated_at"),
+        "cancel_requested": bool(doc.get("cancel_requested")),
         "error": doc.get("error"),
     }
 
@@ -85,49 +169,206 @@ def result_view(doc: TaskDoc) -> dict[str, Any]:
     }
 
 
-async def _load_task(request: web.Request) -> TaskDoc:
-    daemon = request.app[DAEMON_KEY]
+def model_view(daemon: Daemon) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": spec.name,
+            "provider": spec.provider,
+            "kind": spec.kind,
+            "title": spec.title,
+            "available": spec.provider in daemon.providers,
+            "defaults": spec.defaults,
+            "limits": spec.limits,
+            "price_per_image": spec.price_per_image,
+            "currency": spec.currency,
+        }
+        for spec in sorted(daemon.catalog.models.values(), key=lambda s: (s.provider, s.name))
+    ]
+
+
+# -- helpers --------------------------------------------------------------------------------------------------------
+
+
+async def authenticate(request: web.Request) -> Principal:
+    try:
+        return await request.app[AUTH_KEY].authenticate(request.headers.get("Authorization"))
+    except AuthError as exc:
+        log.info(
+            "HTTP authentication failed: %s (%s %s from %s)",
+            exc,
+            request.method,
+            request.path,
+            request.remote,
+        )
+        raise ApiError(401, str(exc), {"WWW-Authenticate": 'Bearer realm="imaged"'}) from None
+
+
+async def load_task(request: web.Request, who: Principal) -> TaskDoc:
+    """The task named in the path, if the caller may see it; anything else is 404 (never 403: ids do not leak)."""
     task_id = request.match_info["task_id"]
-    doc = await daemon.store.get(task_id)
-    if doc is None:
-        raise web.HTTPNotFound(reason=f"任务不存在 (task not found): {task_id}")
+    doc = await request.app[DAEMON_KEY].store.get(task_id) if is_valid_task_id(task_id) else None
+    if doc is None or not who.can_see(doc):
+        raise ApiError(404, f"任务不存在 (task not found): {task_id[:64]}")
     return doc
 
 
-async def get_status(request: web.Request) -> web.Response:
-    doc = await _load_task(request)
-    return envelope(status_view(doc), "获取任务状态成功")
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name}: expected an integer from {low} to {high}") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name}: expected an integer from {low} to {high}")
+    return value
 
 
-async def get_result(request: web.Request) -> web.Response:
-    doc = await _load_task(request)
-    return envelope(result_view(doc), "获取任务结果成功")
+async def _read_json_object(request: web.Request) -> dict[str, Any]:
+    cap = request.app[DAEMON_KEY].settings.max_request_bytes
+    if request.content_length is not None and request.content_length > cap:
+        raise ApiError(413, f"request body too large: the limit is {cap} bytes")
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
+def _check_model(daemon: Daemon, req: Request) -> None:
+    """The checks intake makes before a task exists, so an HTTP caller hears about a bad request at once."""
+    spec = daemon.catalog.get(req.model)
+    if spec is None:
+        known = ", ".join(sorted(daemon.catalog.models))
+        raise InvalidRequest(f"model: unknown model {req.model!r} (known: {known})")
+    if req.provider is not None and req.provider != spec.provider:
+        raise InvalidRequest(
+            f"provider: model {spec.name!r} is served by {spec.provider!r}, not {req.provider!r}"
+        )
+    provider = daemon.providers.get(spec.provider)
+    if provider is None:
+        raise InvalidRequest(f"provider: {spec.provider!r} is not configured on this daemon (no credentials)")
+    provider.validate(spec, req.parameters)
+
+
+async def _publish(request: web.Request, who: Principal, task_id: str, body: dict[str, Any]) -> None:
+    """Publish a request to the request queue, naming its owner in a way only the daemon can (see auth.py)."""
+    daemon = request.app[DAEMON_KEY]
+    channel = daemon.broker.channel
+    if channel is None or channel.is_closed:
+        raise ApiError(503, "the broker is not available; try again later", {"Retry-After": "5"})
+    headers: dict[str, Any] = {}
+    user_id: str | None = None
+    if who.tenant is not None:
+        headers[OWNER_HEADER] = who.tenant
+        user_id = amqp_user(daemon.settings.amqp_url.get_secret_value())
+    message = aio_pika.Message(
+        dumps(body).encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=task_id,
+        headers=headers,
+        user_id=user_id,
+    )
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            await channel.default_exchange.publish(message, routing_key=daemon.topology.requests)
+    except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        log.warning("could not publish an HTTP request to the queue: %s", type(exc).__name__)
+        raise ApiError(503, "the broker is not available; try again later", {"Retry-After": "5"}) from None
+
+
+# -- handlers -------------------------------------------------------------------------------------------------------
 
 
 async def create_task(request: web.Request) -> web.Response:
     """Seed-compatible create: the request goes through the queue like any other; ``is_async: false`` waits."""
     daemon = request.app[DAEMON_KEY]
-    raw = await request.read()
+    who = await authenticate(request)
+    wait_s = request.app[LIMITER_KEY].take(who.rate_key)
+    if wait_s > 0:
+        retry_after = str(max(1, math.ceil(wait_s)))
+        raise ApiError(429, "too many tasks created: slow down", {"Retry-After": retry_after})
+    data = await _read_json_object(request)
     try:
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("request body must be a JSON object")
         req = Request.model_validate(data)
+        _check_model(daemon, req)
     except ValidationError as exc:
         return error(422, describe_validation_error(exc))
-    except ValueError as exc:
-        return error(400, f"request body is not valid JSON: {exc}")
+    except InvalidRequest as exc:
+        return error(422, exc.message)
     task_id = req.task_id or new_task_id()
-    data["task_id"] = task_id
-    await daemon.broker.publish_to_queue(
-        daemon.broker.topology.requests, json.dumps(data, ensure_ascii=False).encode(), message_id=task_id
-    )
+    existing = await daemon.store.get(task_id) if req.task_id else None
+    if existing is not None and not who.can_see(existing):
+        return error(409, f"task_id {task_id!r} is already in use: choose another one")
+    if existing is None:
+        data["task_id"] = task_id
+        await _publish(request, who, task_id, data)
     if req.is_async:
+        if existing is not None:
+            return envelope(status_view(existing), "任务已存在 (task exists already)")
         return envelope({"task_id": task_id, "status": Status.PENDING.value}, "任务创建成功")
     doc = await daemon.wait_for_terminal(task_id, daemon.settings.sync_wait_s)
     if doc is None:
         return envelope({"task_id": task_id, "status": Status.PENDING.value}, "任务已创建，结果尚未就绪")
+    if not who.can_see(doc):
+        return error(409, f"task_id {task_id!r} is already in use: choose another one")
     return envelope(result_view(doc), "任务完成" if doc["status"] == Status.COMPLETED.value else "任务失败")
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    who = await authenticate(request)
+    status = request.query.get("status") or None
+    if status is not None and status not in {s.value for s in Status}:
+        raise ApiError(400, f"status: expected one of {', '.join(s.value for s in Status)}")
+    limit = _int_query(request, "limit", LIST_DEFAULT_LIMIT, 1, LIST_MAX_LIMIT)
+    offset = _int_query(request, "offset", 0, 0, LIST_MAX_OFFSET)
+    docs = await daemon.store.list(owner=who.tenant, status=status, limit=limit, skip=offset)
+    total = await daemon.store.count(owner=who.tenant, status=status)
+    following = offset + len(docs)
+    results = {
+        "tasks": [status_view(doc) for doc in docs],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "next_offset": following if following < total and docs else None,
+    }
+    return envelope(results, "获取任务列表成功")
+
+
+async def get_status(request: web.Request) -> web.Response:
+    doc = await load_task(request, await authenticate(request))
+    return envelope(status_view(doc), "获取任务状态成功")
+
+
+async def get_result(request: web.Request) -> web.Response:
+    doc = await load_task(request, await authenticate(request))
+    return envelope(result_view(doc), "获取任务结果成功")
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    doc = await load_task(request, await authenticate(request))
+    if Status(doc["status"]).terminal:
+        return error(409, f"task {doc['_id']} is already {doc['status']}: nothing to cancel")
+    updated = await daemon.store.request_cancel(doc["_id"])
+    if updated is None:  # deleted meanwhile
+        raise ApiError(404, f"任务不存在 (task not found): {doc['_id']}")
+    return envelope(status_view(updated), "已请求取消任务 (cancel requested)", status=202)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    await authenticate(request)
+    return envelope(model_view(request.app[DAEMON_KEY]), "获取模型列表成功")
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(), dumps=dumps)
 
 
 async def live(request: web.Request) -> web.Response:
@@ -139,14 +380,317 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response(report, status=200 if report["ready"] else 503)
 
 
+# -- application ----------------------------------------------------------------------------------------------------
+
+
+async def _start_auth(app: web.Application) -> None:
+    """Decide the authentication mode before the server binds; open mode only on loopback."""
+    daemon = app[DAEMON_KEY]
+    auth = app[AUTH_KEY]
+    if auth.keys is not None:
+        await auth.keys.ensure_indexes()
+    await auth.start()
+    host = daemon.settings.http_host
+    if auth.open:
+        if not is_loopback(host):
+            raise ConfigError(
+                f"IMAGED_HTTP_HOST={host} is not a loopback address, and no API keys or JWT key are configured: "
+                "refusing to serve an open API there. Configure IMAGED_API_KEYS, `imaged keys add` or "
+                "IMAGED_JWT_SECRET / IMAGED_JWT_PUBLIC_KEY, or bind to 127.0.0.1."
+            )
+        log.warning(OPEN_BANNER.format(host=host))
+    else:
+        log.info("HTTP authentication %s", auth.describe())
+
+
 def create_app(daemon: Daemon) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=daemon.settings.max_request_bytes)
+    """The HTTP application of a daemon. Raises ConfigError for an unusable authentication setup."""
+    s = daemon.settings
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware], client_max_size=s.max_request_bytes
+    )
     app[DAEMON_KEY] = daemon
-    app.router.add_post("/api/v1/tasks/", create_task)
-    app.router.add_post("/api/v1/tasks", create_task)
-    app.router.add_get("/api/v1/tasks/{task_id}/status", get_status)
-    app.router.add_get("/api/v1/tasks/{task_id}/result", get_result)
-    app.router.add_get("/health/live", live)
-    app.router.add_get("/health/ready", ready)
-    app.router.add_get("/metrics", make_aiohttp_handler(daemon.metrics.registry))
+    app[AUTH_KEY] = Authenticator(s, ApiKeys(daemon.store.db["api_keys"]))
+    app[LIMITER_KEY] = RateLimiter(s.create_rate_per_s, s.create_burst)
+    app[HTTP_REQUESTS_KEY] = Counter(
+        "imaged_http_requests_total",
+        "HTTP requests by method, route and status code",
+        ["method", "route", "code"],
+        registry=daemon.metrics.registry,
+    )
+    app.on_startup.append(_start_auth)
+    for path, method, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.router.add_get("/metrics", make_aiohttp_handler(daemon.metrics.registry), allow_head=False)
     return app
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("/api/v1/tasks/", "POST", create_task),
+    ("/api/v1/tasks", "POST", create_task),
+    ("/api/v1/tasks", "GET", list_tasks),
+    ("/api/v1/tasks/", "GET", list_tasks),
+    ("/api/v1/tasks/{task_id}/status", "GET", get_status),
+    ("/api/v1/tasks/{task_id}/result", "GET", get_result),
+    ("/api/v1/tasks/{task_id}/cancel", "POST", cancel_task),
+    ("/api/v1/models", "GET", list_models),
+    ("/api/v1/openapi.json", "GET", openapi_json),
+    ("/health/live", "GET", live),
+    ("/health/ready", "GET", ready),
+]
+
+
+# -- OpenAPI 3.1 ----------------------------------------------------------------------------------------------------
+
+
+def _envelope_schema(results: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["success", "message", "results"],
+                    "properties": {
+                        "success": {"const": True},
+                        "message": {"type": "string"},
+                        "results": results,
+                    },
+                }
+            }
+        },
+    }
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("ErrorEnvelope")}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_TASK_ID_PARAM = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": TASK_ID_PATTERN},
+}
+_AUTH_ERRORS = {"401": _error("missing or invalid credentials")}
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _components() -> dict[str, Any]:
+    _, defs = models_json_schema(
+        [(Request, "validation"), (Result, "serialization"), (ErrorInfo, "serialization")],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    schemas["ErrorEnvelope"] = {
+        "type": "object",
+        "required": ["success", "message", "results"],
+        "properties": {
+            "success": {"const": False},
+            "message": {"type": "string"},
+            "results": {"type": "null"},
+        },
+    }
+    timestamp = {"type": ["string", "null"], "format": "date-time"}
+    schemas["TaskStatus"] = {
+        "type": "object",
+        "required": ["task_id", "status"],
+        "properties": {
+            "task_id": {"type": "string"},
+            "status": {"enum": [s.value for s in Status]},
+            "progress": {"type": "number"},
+            "model": {"type": ["string", "null"]},
+            "provider": {"type": ["string", "null"]},
+            "created_at": timestamp,
+            "updated_at": timestamp,
+            "cancel_requested": {"type": "boolean"},
+            "error": {"anyOf": [_ref("ErrorInfo"), {"type": "null"}]},
+        },
+    }
+    schemas["TaskResult"] = {
+        "type": "object",
+        "required": ["task_id", "status", "result", "error"],
+        "properties": {
+            "task_id": {"type": "string"},
+            "status": {"enum": [s.value for s in Status]},
+            "result": {"anyOf": [_ref("Result"), {"type": "null"}]},
+            "error": {"anyOf": [_ref("ErrorInfo"), {"type": "null"}]},
+        },
+    }
+    schemas["TaskList"] = {
+        "type": "object",
+        "required": ["tasks", "total", "limit", "offset", "next_offset"],
+        "properties": {
+            "tasks": {"type": "array", "items": _ref("TaskStatus")},
+            "total": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "next_offset": {"type": ["integer", "null"]},
+        },
+    }
+    schemas["Model"] = {
+        "type": "object",
+        "required": ["name", "provider", "kind", "available"],
+        "properties": {
+            "name": {"type": "string"},
+            "provider": {"type": "string"},
+            "kind": {"type": "string"},
+            "title": {"type": "string"},
+            "available": {"type": "boolean", "description": "the daemon has credentials for its provider"},
+            "defaults": {"type": "object"},
+            "limits": {"type": "object"},
+            "price_per_image": {"type": "number"},
+            "currency": {"type": "string"},
+        },
+    }
+    return {
+        "schemas": schemas,
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "an API key (`imaged keys add`, or IMAGED_API_KEYS) or a JWT (HS256/RS256)",
+            }
+        },
+    }
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the routes above (a test keeps the two in step)."""
+    create = {
+        "operationId": "createTask",
+        "summary": "Create a task (the original service's body); it goes through the request queue",
+        "description": 'With `"is_async": false` the call waits up to IMAGED_SYNC_WAIT_S for the result.',
+        "security": _SECURED,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Request")}}},
+        "responses": {
+            "200": _envelope_schema(
+                {"anyOf": [_ref("TaskStatus"), _ref("TaskResult")]}, "created (or, when waiting, finished)"
+            ),
+            "400": _error("the body is not a JSON object"),
+            **_AUTH_ERRORS,
+            "409": _error("the task_id belongs to another task"),
+            "413": _error("the body is larger than IMAGED_MAX_REQUEST_BYTES"),
+            "422": _error("the request or its parameters are invalid"),
+            "429": _error("too many tasks created; see Retry-After"),
+            "503": _error("the broker is not available"),
+        },
+    }
+    listing = {
+        "operationId": "listTasks",
+        "summary": "The caller's tasks, newest first",
+        "security": _SECURED,
+        "parameters": [
+            {"name": "status", "in": "query", "schema": {"enum": [s.value for s in Status]}},
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": LIST_MAX_LIMIT, "default": 20},
+            },
+            {
+                "name": "offset",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 0, "maximum": LIST_MAX_OFFSET, "default": 0},
+            },
+        ],
+        "responses": {
+            "200": _envelope_schema(_ref("TaskList"), "one page of tasks"),
+            "400": _error("a bad filter or page"),
+            **_AUTH_ERRORS,
+        },
+    }
+
+    def task_op(op_id: str, summary: str, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "operationId": op_id,
+            "summary": summary,
+            "security": _SECURED,
+            "parameters": [_TASK_ID_PARAM],
+            "responses": {
+                "200": _envelope_schema(results, "the task"),
+                **_AUTH_ERRORS,
+                "404": _error("no such task (or another tenant's)"),
+                **extra,
+            },
+        }
+
+    cancel = task_op(
+        "cancelTask", "Cancel a task", _ref("TaskStatus"), {"409": _error("the task has finished")}
+    )
+    cancel["responses"]["202"] = _envelope_schema(_ref("TaskStatus"), "cancel requested")
+    del cancel["responses"]["200"]
+    health = {"type": "object"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "imaged",
+            "version": __version__,
+            "description": "Image-generation tasks: create, follow, list, cancel; models; health and metrics.",
+        },
+        "paths": {
+            "/api/v1/tasks/": {"post": create, "get": {**listing, "operationId": "listTasksSlash"}},
+            "/api/v1/tasks": {"post": {**create, "operationId": "createTaskNoSlash"}, "get": listing},
+            "/api/v1/tasks/{task_id}/status": {
+                "get": task_op("getTaskStatus", "A task's status", _ref("TaskStatus"), {})
+            },
+            "/api/v1/tasks/{task_id}/result": {
+                "get": task_op(
+                    "getTaskResult", "A task's result (the original envelope)", _ref("TaskResult"), {}
+                )
+            },
+            "/api/v1/tasks/{task_id}/cancel": {"post": cancel},
+            "/api/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "summary": "The model catalog",
+                    "security": _SECURED,
+                    "responses": {
+                        "200": _envelope_schema({"type": "array", "items": _ref("Model")}, "the models"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/api/v1/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+                }
+            },
+            "/health/live": {
+                "get": {
+                    "operationId": "live",
+                    "summary": "Liveness",
+                    "responses": {
+                        "200": {"description": "alive", "content": {"application/json": {"schema": health}}}
+                    },
+                }
+            },
+            "/health/ready": {
+                "get": {
+                    "operationId": "ready",
+                    "summary": "Readiness: broker, database, consumers",
+                    "responses": {
+                        "200": {"description": "ready", "content": {"application/json": {"schema": health}}},
+                        "503": {
+                            "description": "not ready",
+                            "content": {"application/json": {"schema": health}},
+                        },
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus exposition",
+                    "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+                }
+            },
+        },
+        "components": _components(),
+    }

@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +14,7 @@ import click
 from pydantic import SecretStr, ValidationError
 
 from . import __version__
+from .contract import Status
 from .errors import ImagedError
 from .logs import configure_logging
 from .settings import Settings
@@ -34,11 +35,26 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
+def describe_settings_error(exc: ValidationError) -> str:
+    """Which settings are wrong and why, without echoing their values (they may be secrets)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        parts.append(f"IMAGED_{name.upper()}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class ConfigException(click.ClickException):
+    """The settings cannot be loaded; exit code 3."""
+
+    exit_code = EXIT_CONFIG
+
+
 def load_settings(**overrides: Any) -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from exc
+        raise ConfigException(f"invalid configuration: {describe_settings_error(exc)}") from None
     return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
@@ -253,6 +269,189 @@ def schema(output: Path | None) -> None:
     for name, value in schemas.items():
         (output / f"{name}.schema.json").write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     click.echo(f"wrote {len(schemas)} schemas to {output}")
+
+
+# -- operator commands (implemented in admin.py; they talk to MongoDB and RabbitMQ directly) -------------------
+
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON (for scripts)")
+
+
+def _admin(ctx: click.Context, command: Callable[[Settings], Coroutine[Any, Any, int]]) -> None:
+    """Load settings, run an admin coroutine, exit with its code; an outage is a message, not a traceback."""
+    from .admin import EXIT_UNAVAILABLE, Unavailable
+
+    settings = load_settings()
+    _configure(ctx, settings)
+    try:
+        code = run_async(command(settings))
+    except Unavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = EXIT_UNAVAILABLE
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("task_id")
+@json_option
+@click.pass_context
+def status(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Show a task's status (exit 4 if there is no such task)."""
+    from .admin import show_status
+
+    _admin(ctx, lambda s: show_status(s, task_id, as_json))
+
+
+@main.command()
+@click.argument("task_id")
+@json_option
+@click.pass_context
+def result(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Show a task's result: exit 0 completed, 1 failed or canceled, 2 not finished, 4 no such task."""
+    from .admin import show_result
+
+    _admin(ctx, lambda s: show_result(s, task_id, as_json))
+
+
+@main.command()
+@click.option(
+    "--status", "status_", type=click.Choice([s.value for s in Status]), help="only tasks in this status"
+)
+@click.option("--owner", help="only this tenant's tasks")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@json_option
+@click.pass_context
+def tasks(
+    ctx: click.Context, status_: str | None, owner: str | None, limit: int, offset: int, as_json: bool
+) -> None:
+    """List tasks, newest first."""
+    from .admin import list_tasks
+
+    _admin(
+        ctx,
+        lambda s: list_tasks(s, status=status_, owner=owner, limit=limit, offset=offset, as_json=as_json),
+    )
+
+
+@main.command()
+@click.argument("task_id")
+@json_option
+@click.pass_context
+def cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Ask the daemon to cancel a task (exit 4: no such task, 5: it has finished already)."""
+    from .admin import cancel_task
+
+    _admin(ctx, lambda s: cancel_task(s, task_id, as_json))
+
+
+@main.command()
+@json_option
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List the model catalog and whether each provider has credentials."""
+    from .admin import list_models
+
+    _admin(ctx, lambda s: list_models(s, as_json))
+
+
+@main.command()
+@json_option
+@click.pass_context
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Check configuration and connectivity; no secret is printed.
+
+    \b
+    Exit codes (the first failing check wins):
+      3 settings invalid   10 catalog   11 authentication   12 broker
+      13 database          14 image directory                15 provider keys missing
+    """
+    from .admin import check as run_check
+
+    _admin(ctx, lambda s: run_check(s, as_json))
+
+
+@main.group()
+def dead() -> None:
+    """Dead letters in <prefix>.dead: list them, or replay them to their queue."""
+
+
+@dead.command("list")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@json_option
+@click.pass_context
+def dead_list(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Show dead letters with their reason and headers; they stay in the queue."""
+    from .admin import dead_list as run
+
+    _admin(ctx, lambda s: run(s, limit, as_json))
+
+
+@dead.command("replay")
+@click.argument("message_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="replay every dead letter")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=10_000, show_default=True)
+@json_option
+@click.pass_context
+def dead_replay(
+    ctx: click.Context, message_ids: tuple[str, ...], replay_all: bool, limit: int, as_json: bool
+) -> None:
+    """Publish the dead letters with these message ids (or --all) back to their original queue."""
+    from .admin import dead_replay as run
+
+    if not message_ids and not replay_all:
+        raise click.UsageError("name message ids to replay, or use --all")
+    _admin(ctx, lambda s: run(s, message_ids, replay_all, limit, as_json))
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the HTTP API (stored in MongoDB as digests only)."""
+
+
+@keys.command("add")
+@click.argument("tenant")
+@click.option("--label", default="", help="a note to tell keys apart")
+@json_option
+@click.pass_context
+def keys_add(ctx: click.Context, tenant: str, label: str, as_json: bool) -> None:
+    """Create a key for TENANT and print it once (only its digest is stored)."""
+    from .admin import keys_add as run
+
+    _admin(ctx, lambda s: run(s, tenant, label, as_json))
+
+
+@keys.command("list")
+@click.option("--active", is_flag=True, help="leave out revoked keys")
+@json_option
+@click.pass_context
+def keys_list(ctx: click.Context, active: bool, as_json: bool) -> None:
+    """List key ids, tenants and states (never the keys)."""
+    from .admin import keys_list as run
+
+    _admin(ctx, lambda s: run(s, not active, as_json))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@json_option
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str, as_json: bool) -> None:
+    """Revoke a key by its id (daemons stop accepting it within IMAGED_API_KEY_CACHE_S)."""
+    from .admin import keys_revoke as run
+
+    _admin(ctx, lambda s: run(s, key_id, as_json))
+
+
+@keys.command("hash")
+def keys_hash() -> None:
+    """Read a key on standard input; print the digest to put in IMAGED_API_KEYS."""
+    from .admin import keys_hash as run
+
+    settings = load_settings()
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise click.UsageError("give the key on standard input")
+    click.echo(run(settings, key))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -92,8 +92,16 @@ class Daemon:
             asyncio.create_task(self._janitor(), name="janitor"),
         ]
         for provider in self.providers.values():
-            rate = float(getattr(s, f"{provider.name}_submit_per_second", 1.0))
-            slots = ProviderSlots(self.leases, provider.name, provider.credentials(), rate)
+            # Built-in providers have rate settings; a plugin gets one submit per second and unlimited polls.
+            slots = ProviderSlots(
+                self.leases,
+                provider.name,
+                provider.credentials(),
+                float(getattr(s, f"{provider.name}_submit_per_second", 1.0)),
+                poll_per_second=getattr(s, f"{provider.name}_poll_per_second", None),
+                cooldown_s=s.credential_cooldown_s,
+                metrics=self.metrics,
+            )
             lane = Lane(provider, self.broker, deps, slots)
             await lane.start()
             self.lanes.append(lane)
@@ -245,4 +253,5 @@ class Daemon:
             "database": db_ok,
             "consumers": consumers_ok,
             "lanes": {lane.provider.name: len(lane.jobs) for lane in self.lanes},
+            "credentials": {lane.provider.name: lane.slots.status() for lane in self.lanes},
         }

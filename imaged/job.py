@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Submit failures after which the provider may nevertheless have created the task.
+AMBIGUOUS_SUBMIT_CODES = frozenset({"timeout", "connection_error", "malformed_response"})
+
 
 @dataclass
 class RetryPolicy:
@@ -102,11 +105,24 @@ class Job:
             return await self.finish(doc, Status.CANCELED, error=_canceled())
         self._check_deadline(doc)
         holder = f"{d.leases.holder_prefix}:{self.task_id}"
-        async with self.slots.slot(holder, preferred=doc.get("credential")) as cred:
-            if not doc.get("provider_task_id"):
-                self._check_deadline(doc)  # waiting for the slot may have taken a while
-                doc = await self._submit(doc, spec, cred)
-            poll = await self._poll_until_done(doc, spec, cred)
+        while True:
+            pinned = doc.get("credential") if doc.get("provider_task_id") else None
+            async with self.slots.slot(holder, preferred=pinned) as cred:
+                if not doc.get("provider_task_id"):
+                    self._check_deadline(doc)  # waiting for the slot may have taken a while
+                    try:
+                        doc = await self._submit(doc, spec, cred)
+                    except TaskError as exc:
+                        if exc.category not in (ErrorCategory.AUTH, ErrorCategory.QUOTA):
+                            raise
+                        # The key is at fault, not the task: rotate it out and try the next one.
+                        self.slots.take_out(cred, exc)
+                        if not self.slots.active():
+                            raise
+                        doc = await d.store.get(self.task_id) or doc
+                        continue
+                poll = await self._poll_until_done(doc, spec, cred)
+            break
         if poll.state is ProviderState.CANCELED:
             return await self.finish(doc, Status.CANCELED, error=_canceled())
         if poll.state is ProviderState.FAILED:
@@ -123,29 +139,42 @@ class Job:
 
     # -- submit -------------------------------------------------------------------------------------------------
 
+    def _submit_unknown(self) -> None:
+        """A submit may have reached the provider without its task id being recorded: the one window where a
+        task can be paid twice. The policy decides what happens; the counter shows how often it does."""
+        policy = self.deps.settings.submit_unknown_policy
+        self.deps.metrics.submit_unknown.labels(self.provider.name, policy).inc()
+        if policy == "fail":
+            raise TaskError(
+                "an earlier submit may have reached the provider without its task id being recorded",
+                category=ErrorCategory.SUBMIT_UNKNOWN,
+            )
+        log.warning("submitting again: an earlier submit ended without a provider task id")
+
     async def _submit(self, doc: TaskDoc, spec: ModelSpec, cred: Credential) -> TaskDoc:
         d = self.deps
-        if doc.get("submit_started_at"):
-            # A previous attempt may have reached the provider without recording its task id: the one window
-            # where a task can be paid twice. The policy decides; the counter shows how often it happens.
-            policy = d.settings.submit_unknown_policy
-            d.metrics.submit_unknown.labels(self.provider.name, policy).inc()
-            if policy == "fail":
-                raise TaskError(
-                    "an earlier submit may have reached the provider without its task id being recorded",
-                    category=ErrorCategory.SUBMIT_UNKNOWN,
-                )
-            log.warning(
-                "resubmitting: an earlier submit of this task ended without a recorded provider task id"
-            )
+        # Set while a submit is under way; cleared when the provider's answer was a definite "no".
+        ambiguous = bool(doc.get("submit_started_at"))
         await d.store.update(self.task_id, {"submit_started_at": utcnow(), "credential": cred.name})
         params = doc["parameters"]
 
         async def submit_once() -> str:
+            nonlocal ambiguous
+            if ambiguous:
+                self._submit_unknown()
             await self.slots.before_submit(cred)
-            return await self.provider.submit(cred, spec, params)
+            try:
+                return await self.provider.submit(cred, spec, params)
+            except TaskError as exc:
+                ambiguous = exc.code in AMBIGUOUS_SUBMIT_CODES
+                raise
 
-        provider_task_id = await self._with_retries(doc, "submit", submit_once)
+        try:
+            provider_task_id = await self._with_retries(doc, "submit", submit_once)
+        except TaskError:
+            if not ambiguous:
+                await d.store.update(self.task_id, {"submit_started_at": None})
+            raise
         now = utcnow()
         updated = await d.store.update(
             self.task_id,
@@ -179,9 +208,12 @@ class Job:
                 await self._cancel_at_provider(spec, cred, provider_task_id)
                 return PollResult(ProviderState.CANCELED)
             self._check_deadline(latest)
-            poll = await self._with_retries(
-                latest, "poll", lambda: self.provider.poll(cred, spec, provider_task_id, doc["parameters"])
-            )
+
+            async def poll_once() -> PollResult:
+                await self.slots.before_poll(cred)
+                return await self.provider.poll(cred, spec, provider_task_id, doc["parameters"])
+
+            poll = await self._with_retries(latest, "poll", poll_once)
             if poll.state.terminal:
                 d.metrics.stage_duration.labels(self.provider.name, "provider").observe(
                     (utcnow() - started).total_seconds()

@@ -70,6 +70,12 @@ class Metrics:
             ["provider", "policy"],
             registry=r,
         )
+        self.credential_up = Gauge(
+            "imaged_credential_up",
+            "Whether a provider credential is in rotation (1) or out after auth/quota errors (0)",
+            ["provider", "credential"],
+            registry=r,
+        )
         self.connection_up = Gauge(
             "imaged_connection_up",
             "Whether a backing service is reachable (1) or not (0)",

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     aliyun_base_url: str = DEFAULT_ALIYUN_BASE_URL
     aliyun_max_in_flight: int = Field(2, ge=1)
     aliyun_submit_per_second: float = Field(2.0, gt=0)
+    aliyun_poll_per_second: float | None = Field(
+        20.0, gt=0, description="task queries per second per account"
+    )
+    aliyun_extra_api_keys: list[SecretStr] = Field(
+        default_factory=list, description="more DashScope keys (JSON list), each with its own limits"
+    )
     liblibai_access_key: SecretStr | None = Field(
         None, validation_alias=_alias("IMAGED_LIBLIBAI_ACCESS_KEY", "LIBLIBAI_ACCESS_KEY")
     )
@@ -95,6 +101,13 @@ class Settings(BaseSettings):
     liblibai_base_url: str = DEFAULT_LIBLIBAI_BASE_URL
     liblibai_max_in_flight: int = Field(5, ge=1)
     liblibai_submit_per_second: float = Field(1.0, gt=0)
+    liblibai_poll_per_second: float | None = Field(None, gt=0, description="status queries are not limited")
+    liblibai_extra_keys: list[SecretStr] = Field(
+        default_factory=list, description='more LiblibAI key pairs (JSON list of "ACCESS:SECRET")'
+    )
+    credential_cooldown_s: float = Field(
+        600.0, gt=0, description="how long a credential that answered auth/quota errors stays out of rotation"
+    )
     poll_first_delay_s: float | None = Field(
         None, ge=0, description="override the provider's first poll delay"
     )
@@ -103,6 +116,29 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
+
+    # HTTP API and authentication (nothing configured: the API is open and must stay on loopback)
+    api_keys: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="tenant -> SHA-256 hex digest(s) of its API keys, as JSON (see `imaged keys hash`)",
+    )
+    api_key_pepper: SecretStr | None = Field(
+        None, description="if set, API key digests are HMAC-SHA256 with this secret instead of plain SHA-256"
+    )
+    api_key_cache_s: float = Field(
+        10.0, ge=0, description="how long a key looked up in the database is trusted"
+    )
+    jwt_secret: SecretStr | None = Field(None, description="HS256 secret (at least 32 bytes)")
+    jwt_public_key: str | None = Field(None, description="RS256 public key, PEM text")
+    jwt_public_key_file: Path | None = Field(None, description="RS256 public key, PEM file")
+    jwt_issuer: str | None = Field(None, description="required `iss` of accepted JWTs")
+    jwt_audience: str | None = Field(None, description="required `aud` of accepted JWTs")
+    jwt_tenant_claim: str = Field("sub", min_length=1, description="the JWT claim that names the tenant")
+    jwt_leeway_s: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf/iat")
+    create_rate_per_s: float = Field(
+        5.0, ge=0, description="task creations per second per tenant (0: no limit)"
+    )
+    create_burst: int = Field(20, ge=1, description="task creations a tenant may make at once")
 
     def has_provider_keys(self) -> bool:
         return self.aliyun_api_key is not None or (

@@ -125,3 +125,7 @@ class TaskStore:
         if status is not None:
             query["status"] = status
         return await self.tasks.count_documents(query)
+
+    async def request_cancel(self, task_id: str) -> TaskDoc | None:
+        """Mark a task for cancellation: its job cancels it at the provider on its next poll (or when it starts)."""
+        return await self.update(task_id, {"cancel_requested": True, "cancel_requested_at": utcnow()})

@@ -369,17 +369,18 @@ class AliyunProvider(Provider):
     request_timeout_s: ClassVar[float] = 30.0
 
     def credentials(self) -> list[Credential]:
-        key = self.settings.aliyun_api_key
-        if key is None or not key.get_secret_value():
-            return []
+        """The main key, then the extra ones; each is its own account with its own limits."""
+        keys = [self.settings.aliyun_api_key, *self.settings.aliyun_extra_api_keys]
+        usable = [key for key in keys if key is not None and key.get_secret_value()]
         return [
             Credential(
-                name="aliyun-1",
+                name=f"aliyun-{number}",
                 key=key,
                 secret=None,
                 base_url=self.settings.aliyun_base_url.rstrip("/"),
                 max_in_flight=self.settings.aliyun_max_in_flight,
             )
+            for number, key in enumerate(usable, start=1)
         ]
 
     def validate(self, spec: ModelSpec, parameters: dict[str, Any]) -> dict[str, Any]:

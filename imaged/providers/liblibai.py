@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -552,17 +553,31 @@ class LiblibProvider(Provider):
     request_timeout_s: ClassVar[float] = 30.0
 
     def credentials(self) -> list[Credential]:
+        """The main key pair, then the extra ``ACCESS:SECRET`` pairs; each is its own account."""
+        pairs: list[tuple[SecretStr, SecretStr]] = []
         access, secret = self.settings.liblibai_access_key, self.settings.liblibai_secret_key
-        if access is None or secret is None or not access.get_secret_value() or not secret.get_secret_value():
-            return []
+        if (
+            access is not None
+            and secret is not None
+            and access.get_secret_value()
+            and secret.get_secret_value()
+        ):
+            pairs.append((access, secret))
+        for extra in self.settings.liblibai_extra_keys:
+            extra_access, sep, extra_secret = extra.get_secret_value().partition(":")
+            if sep and extra_access and extra_secret:
+                pairs.append((SecretStr(extra_access), SecretStr(extra_secret)))
+            else:
+                log.error("ignoring a LiblibAI extra key that is not of the form ACCESS:SECRET")
         return [
             Credential(
-                name="liblibai-1",
-                key=access,
-                secret=secret,
+                name=f"liblibai-{number}",
+                key=key,
+                secret=key_secret,
                 base_url=self.settings.liblibai_base_url.rstrip("/"),
                 max_in_flight=self.settings.liblibai_max_in_flight,
             )
+            for number, (key, key_secret) in enumerate(pairs, start=1)
         ]
 
     def validate(self, spec: ModelSpec, parameters: dict[str, Any]) -> dict[str, Any]:

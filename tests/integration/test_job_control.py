@@ -1,0 +1,158 @@
+"""Cancel, deadlines, expiry in the queue, progress events, and credential rotation, on the real services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from imaged.broker import Broker, Topology
+from imaged.daemon import Daemon
+from imaged.metrics import Metrics
+from imaged.settings import Settings
+from imaged.simulator import Simulator
+
+from ..conftest import make_settings
+from ..support import AMQP_URL, Bus, seed_body
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def sim_stats(sim: Simulator) -> dict[str, dict[str, int]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{sim.url}/_sim/stats") as resp:
+        return dict((await resp.json())["providers"])
+
+
+async def set_task_seconds(sim: Simulator, seconds: float) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{sim.url}/_sim/config", json={"task_seconds": seconds}) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+
+
+async def wait_status(daemon: Daemon, task_id: str, status: str, within: float = 20) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            doc = await daemon.store.get(task_id)
+            if doc is not None and doc["status"] == status:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_cancel_a_running_task(daemon: Daemon, bus: Bus, simulator: Simulator) -> None:
+    await set_task_seconds(simulator, 30)
+    task_id = secrets.token_hex(12)
+    await bus.publish(seed_body("star-3-alpha-t2i"), message_id=task_id)
+    await wait_status(daemon, task_id, "processing")
+    await daemon.store.update(task_id, {"cancel_requested": True})
+    event = (await bus.wait_terminal([task_id], within=20))[task_id]
+    assert event["status"] == "canceled" and event["error"]["category"] == "canceled"
+    doc = await daemon.store.get(task_id)
+    assert doc is not None and doc["status"] == "canceled" and doc["provider_task_id"]
+
+
+async def test_cancel_reaches_dashscope(daemon: Daemon, bus: Bus, simulator: Simulator) -> None:
+    await set_task_seconds(simulator, 30)
+    task_id = secrets.token_hex(12)
+    await bus.publish(seed_body("wanx2.1-t2i-turbo"), message_id=task_id)
+    await wait_status(daemon, task_id, "processing")
+    await daemon.store.update(task_id, {"cancel_requested": True})
+    event = (await bus.wait_terminal([task_id], within=20))[task_id]
+    assert event["status"] == "canceled"
+    assert (await sim_stats(simulator))["aliyun"]["cancels"] == 1
+
+
+async def test_deadline_fails_with_timeout(daemon: Daemon, bus: Bus, simulator: Simulator) -> None:
+    await set_task_seconds(simulator, 30)
+    task_id = secrets.token_hex(12)
+    body = json.loads(seed_body("star-3-alpha-t2i"))
+    body["timeout_s"] = 1.5
+    await bus.publish(json.dumps(body).encode(), message_id=task_id)
+    event = (await bus.wait_terminal([task_id], within=20))[task_id]
+    assert event["status"] == "failed" and event["error"]["category"] == "timeout"
+
+
+async def test_progress_events_follow_liblibai_percent(
+    daemon: Daemon, bus: Bus, simulator: Simulator
+) -> None:
+    await set_task_seconds(simulator, 2.5)
+    task_id = secrets.token_hex(12)
+    await bus.publish(seed_body("star-3-alpha-t2i"), message_id=task_id)
+    await bus.wait_terminal([task_id], within=30)
+    events = bus.events[task_id]
+    progress = [e["progress"] for e in events if e["type"] == "task.progress"]
+    assert progress, [e["type"] for e in events]
+    assert progress == sorted(progress) and all(0 < p < 1 for p in progress)
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+
+
+async def test_request_expired_in_queue_is_never_submitted(
+    settings: Settings, bus: Bus, simulator: Simulator
+) -> None:
+    broker = Broker(AMQP_URL, Topology(settings.amqp_prefix, settings.delivery_limit))
+    await broker.connect()
+    assert broker.channel is not None
+    await broker.declare(broker.channel, ["aliyun", "liblibai"])
+    await broker.close()
+    task_id = secrets.token_hex(12)
+    await bus.publish(seed_body("star-3-alpha-t2i"), message_id=task_id, expiration=0.3)
+    await asyncio.sleep(1.0)
+    daemon = Daemon(settings, metrics=Metrics())
+    await daemon.start()
+    try:
+        await asyncio.sleep(1.5)
+        assert await daemon.store.get(task_id) is None
+    finally:
+        await daemon.stop()
+    assert (await sim_stats(simulator))["liblibai"]["submits"] == 0
+
+
+@pytest.fixture
+async def rotating_daemon(
+    namespace: str, tmp_path: Path, bus: Bus
+) -> AsyncIterator[tuple[Daemon, Simulator]]:
+    from imaged.simulator import SimulatorConfig
+
+    sim = Simulator(SimulatorConfig(task_seconds=0.2, liblib_extra_keys={"sim-access-2": "sim-secret-2"}))
+    await sim.start()
+    settings = make_settings(
+        namespace,
+        tmp_path / "images",
+        sim,
+        liblibai_secret_key=SecretStr("wrong-secret"),  # the first key pair is broken
+        liblibai_extra_keys=[SecretStr("sim-access-2:sim-secret-2")],
+    )
+    daemon = Daemon(settings, metrics=Metrics())
+    await daemon.start()
+    yield daemon, sim
+    await daemon.stop()
+    await sim.stop()
+
+
+async def test_failing_credential_leaves_rotation(
+    rotating_daemon: tuple[Daemon, Simulator], bus: Bus
+) -> None:
+    daemon, sim = rotating_daemon
+    ids = [secrets.token_hex(12) for _ in range(3)]
+    for task_id in ids:
+        await bus.publish(seed_body("star-3-alpha-t2i"), message_id=task_id)
+    terminal = await bus.wait_terminal(ids, within=30)
+    assert {e["status"] for e in terminal.values()} == {"completed"}
+    for task_id in ids:
+        doc = await daemon.store.get(task_id)
+        assert doc is not None and doc["credential"] == "liblibai-2"
+    ready = await daemon.readiness()
+    assert ready["credentials"]["liblibai"] == {"liblibai-1": "out of rotation", "liblibai-2": "active"}
+    text = daemon.metrics.registry.get_sample_value(
+        "imaged_credential_up", {"provider": "liblibai", "credential": "liblibai-1"}
+    )
+    assert text == 0
+    stats = await sim_stats(sim)
+    assert stats["liblibai"]["submits"] == 3
