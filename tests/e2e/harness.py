@@ -43,10 +43,11 @@ def open_log(path: Path) -> IO[bytes]:
 class DaemonProcess:
     """One ``imaged run`` subprocess with its own HTTP port and log file."""
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.name = name
         self.env = env
         self.log_path = log_path
+        self.args = args
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
 
@@ -60,6 +61,7 @@ class DaemonProcess:
                 "-m",
                 "imaged",
                 "run",
+                *self.args,
                 env=env,
                 stdout=log,
                 stderr=log,
