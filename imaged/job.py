@@ -40,7 +40,7 @@ class RetryPolicy:
 
     base_s: float = 0.5
     cap_s: float = 30.0
-    download_attempts: int = 4
+    download_attempts: int = 6
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
@@ -107,7 +107,11 @@ class Job:
         holder = f"{d.leases.holder_prefix}:{self.task_id}"
         while True:
             pinned = doc.get("credential") if doc.get("provider_task_id") else None
+            waiting = utcnow()
             async with self.slots.slot(holder, preferred=pinned) as cred:
+                d.metrics.stage_duration.labels(self.provider.name, "slot_wait").observe(
+                    (utcnow() - waiting).total_seconds()
+                )
                 if not doc.get("provider_task_id"):
                     self._check_deadline(doc)  # waiting for the slot may have taken a while
                     try:

@@ -35,7 +35,7 @@ class Metrics:
         )
         self.stage_duration = Histogram(
             "imaged_stage_duration_seconds",
-            "Time spent per stage (queue_wait, provider, download, publish)",
+            "Time spent per stage (queue_wait, slot_wait, provider, download, publish)",
             ["provider", "stage"],
             buckets=DURATION_BUCKETS,
             registry=r,

@@ -97,8 +97,8 @@ R4_FAULTS = [
     {"stage": "poll", "kind": "reset", "rate": 0.05},
     {"stage": "poll", "kind": "malformed_json", "rate": 0.05},
     {"stage": "poll", "kind": "timeout", "rate": 0.03, "seconds": 1},
-    {"stage": "download", "kind": "truncated", "rate": 0.1},
-    {"stage": "download", "kind": "http_500", "rate": 0.05},
+    {"stage": "download", "kind": "truncated", "rate": 0.08},
+    {"stage": "download", "kind": "http_500", "rate": 0.04},
     {"provider": "aliyun", "stage": "submit", "kind": "moderation", "rate": 0.08},
     {"provider": "liblibai", "stage": "poll", "kind": "moderation", "rate": 0.08},
     {"stage": "poll", "kind": "fail", "rate": 0.05},
@@ -122,15 +122,18 @@ async def test_r4_provider_faults(
             fired = (await resp.json())["faults"]
     events = {t: bus.terminal(t)[0] for t in ids}
     categories: dict[str, int] = {}
+    codes: set[str] = set()
     for event in events.values():
         key = event["status"] if event["status"] == "completed" else event["error"]["category"]
         categories[key] = categories.get(key, 0) + 1
+        if event["error"]:
+            codes.add(f"{event['error']['category']}/{event['error']['code']}")
         if event["status"] == "completed":
             assert event["result"]["images"], event
     hits = {
         kind: sum(f["hits"] for f in fired if f["kind"] == kind) for kind in ("moderation", "fail", "status7")
     }
-    result = await tally("R4", cluster, bus, ids, outcomes=categories, injected=hits)
+    result = await tally("R4", cluster, bus, ids, outcomes=categories, injected=hits, codes=sorted(codes))
     report(result.line())
     assert result.lost == 0 and result.duplicate_terminal_ids == 0 and result.leftover_partials == 0
     # Every outcome fault shows as its own category; every transient fault was retried away.
