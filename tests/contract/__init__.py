@@ -1,0 +1,1 @@
+"""Contract tests: imaged's own DashScope and LiblibAI clients against the in-process provider emulator."""
