@@ -369,7 +369,11 @@ class Star3TextToImage(BaseModel):
             self.width = self.height = None
         if self.aspectRatio is not None and self.imageSize is not None:
             raise ValueError("give either aspectRatio or imageSize (width and height), not both")
-        if self.aspectRatio is None and self.imageSize is None and self.default_aspect is not None:
+        if self.aspectRatio is None and self.imageSize is None:
+            if self.default_aspect is None:
+                raise ValueError(
+                    "the output size is required: give aspectRatio, or width and height (or imageSize)"
+                )
             self.aspectRatio = self.default_aspect
         return self
 
@@ -659,7 +663,13 @@ class LiblibProvider(Provider):
     async def poll(
         self, credential: Credential, spec: ModelSpec, provider_task_id: str, params: dict[str, Any]
     ) -> PollResult:
-        data = await self._call(
-            credential, STATUS_PATH, {"generateUuid": provider_task_id}, "LiblibAI status"
-        )
+        try:
+            data = await self._call(
+                credential, STATUS_PATH, {"generateUuid": provider_task_id}, "LiblibAI status"
+            )
+        except ProviderError as exc:
+            if exc.category is ErrorCategory.CONTENT_POLICY:
+                # 100055 on a status query is how the task ended (result blocked), not a failed call.
+                return PollResult(ProviderState.FAILED, progress=1.0, error=exc.info())
+            raise
         return parse_status(data)

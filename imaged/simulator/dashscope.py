@@ -200,12 +200,17 @@ def _size(value: Any, model: str) -> tuple[int, int]:
     return width, height
 
 
-def task_status(state: SimState, task: SimTask, now: float) -> str:
-    """The task's `task_status` at `now`, as the provider would report it."""
+def task_status(state: SimState, task: SimTask, now: float, *, peek: bool = False) -> str:
+    """The task's `task_status` at `now`, as the provider would report it.
+
+    ``peek`` (stats) never draws an outcome: a finished task nobody has polled yet counts as succeeded.
+    """
     if task.canceled_at is not None:
         return "CANCELED"
     if not task.finished(now):
         return "PENDING" if task.progress(now) < PENDING_SHARE else "RUNNING"
+    if peek and task.outcome is None:
+        return "SUCCEEDED"
     return "SUCCEEDED" if state.outcome(task).kind in ("success", "partial") else "FAILED"
 
 

@@ -244,11 +244,16 @@ def _custom(params: dict[str, Any], template: str, found: Template) -> Job:
     return Job("webui", found.family, template, prompt, width, height, count, seed)
 
 
-def generate_status(state: SimState, task: SimTask, now: float) -> int:
-    """The task's generateStatus at `now`: 1 waiting, 2 running, 3 generated, 4 reviewing, then 5, 6 or 7."""
+def generate_status(state: SimState, task: SimTask, now: float, *, peek: bool = False) -> int:
+    """The task's generateStatus at `now`: 1 waiting, 2 running, 3 generated, 4 reviewing, then 5, 6 or 7.
+
+    ``peek`` (stats) never draws an outcome: a finished task nobody has polled yet counts as 5.
+    """
     if not task.finished(now):
         progress = task.progress(now)
         return 1 if progress < 0.1 else 2 if progress < 0.8 else 3 if progress < 0.9 else 4
+    if peek and task.outcome is None:
+        return 5
     outcome = state.outcome(task)
     if outcome.kind == "fail":
         return 6

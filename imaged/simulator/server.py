@@ -60,9 +60,9 @@ def build_stats(state: SimState) -> dict[str, Any]:
             if task.provider != provider:
                 continue
             if provider == "aliyun":
-                name = dashscope.task_status(state, task, now)
+                name = dashscope.task_status(state, task, now, peek=True)
             else:
-                name = str(liblibai.generate_status(state, task, now))
+                name = str(liblibai.generate_status(state, task, now, peek=True))
             by_state[name] += 1
             by_credential.setdefault(task.credential, dict.fromkeys(names, 0))[name] += 1
         credentials: dict[str, Any] = {}

@@ -124,7 +124,7 @@ MODERATION_CASES = [
     ModerationCase("aliyun-input", "aliyun", "submit", None, "DataInspectionFailed", "raised"),
     ModerationCase("liblibai-input", "liblibai", "submit", None, "100052", "raised"),
     ModerationCase("aliyun-output", "aliyun", "poll", None, "DataInspectionFailed", "reported"),
-    ModerationCase("liblibai-output-code", "liblibai", "poll", "code", "100055", "raised"),
+    ModerationCase("liblibai-output-code", "liblibai", "poll", "code", "100055", "reported"),
     ModerationCase("liblibai-output-audit", "liblibai", "poll", "audit", "audit_blocked", "reported"),
     ModerationCase(
         "liblibai-output-audit-listed", "liblibai", "poll", "audit_listed", "audit_blocked", "reported"

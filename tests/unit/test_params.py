@@ -545,3 +545,13 @@ def test_credentials_from_settings() -> None:
     assert liblib.name == "liblibai-1" and "secret-key" not in repr(liblib)
     assert liblib.secret is not None and liblib.secret.get_secret_value() == "secret-key"
     assert liblib.base_url == "https://openapi.liblibai.cloud" and liblib.max_in_flight == 4
+
+
+def test_star3_image_to_image_needs_an_output_size(catalog: Catalog, providers: dict[str, Provider]) -> None:
+    message = rejected(
+        catalog,
+        providers,
+        "star-3-alpha-i2i",
+        {"prompt": "a cat", "sourceImage": "https://example.com/a.png"},
+    )
+    assert "aspectRatio" in message and "width and height" in message
