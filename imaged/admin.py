@@ -113,7 +113,7 @@ def _plain(value: Any) -> Any:
 
 
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(_plain(value), ensure_ascii=False, indent=2))
+    click.echo(json.dumps(_plain(value), ensure_ascii=False, indent=2, default=str))
 
 
 def _cell(value: Any) -> str:

@@ -23,6 +23,7 @@ from prometheus_client import Counter
 from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
+from pymongo.errors import PyMongoError
 
 from . import __version__
 from .auth import (
@@ -126,6 +127,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = _DEFAULT_MESSAGES.get(exc.status) or exc.reason or "error"
         kept = {k: v for k, v in exc.headers.items() if k in _KEPT_HEADERS}
         return error(exc.status, message, headers=kept)
+    except PyMongoError as exc:
+        log.warning("HTTP %s %s: database unavailable (%s)", request.method, request.path, type(exc).__name__)
+        return error(503, "the database is not available; try again later", headers={"Retry-After": "5"})
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -267,7 +271,7 @@ async def _publish(request: web.Request, who: Principal, task_id: str, body: dic
         headers[OWNER_HEADER] = who.tenant
         user_id = amqp_user(daemon.settings.amqp_url.get_secret_value())
     message = aio_pika.Message(
-        dumps(body).encode(),
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=task_id,
@@ -368,7 +372,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(), dumps=dumps)
+    models = tuple(sorted(request.app[DAEMON_KEY].catalog.models))
+    return web.json_response(openapi_document(models), dumps=dumps)
 
 
 async def live(request: web.Request) -> web.Response:
@@ -559,15 +564,35 @@ def _components() -> dict[str, Any]:
     }
 
 
+SEED_EXAMPLE = {
+    "model": "wanx2.1-t2i-turbo",
+    "provider": "aliyun",
+    "parameters": {
+        "prompt": "一只可爱的小猫咪在草地上玩耍",
+        "negative_prompt": "模糊, 扭曲, 低质量",
+        "size": "1024*1024",
+        "n": 1,
+    },
+    "is_async": True,
+}
+
+
 @functools.cache
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the routes above (a test keeps the two in step)."""
+def openapi_document(models: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the routes above (a test keeps the two in step); ``models`` are the
+    catalog's model names, listed as the allowed values of ``model``."""
+    components = _components()
+    if models:
+        components["schemas"]["Request"]["properties"]["model"]["enum"] = list(models)
     create = {
         "operationId": "createTask",
         "summary": "Create a task (the original service's body); it goes through the request queue",
         "description": 'With `"is_async": false` the call waits up to IMAGED_SYNC_WAIT_S for the result.',
         "security": _SECURED,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Request")}}},
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("Request"), "example": SEED_EXAMPLE}},
+        },
         "responses": {
             "200": _envelope_schema(
                 {"anyOf": [_ref("TaskStatus"), _ref("TaskResult")]}, "created (or, when waiting, finished)"
@@ -692,5 +717,5 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
         },
-        "components": _components(),
+        "components": components,
     }

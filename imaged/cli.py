@@ -39,8 +39,9 @@ def describe_settings_error(exc: ValidationError) -> str:
     """Which settings are wrong and why, without echoing their values (they may be secrets)."""
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
-        name = ".".join(str(p) for p in err["loc"]) or "settings"
-        parts.append(f"IMAGED_{name.upper()}: {err['msg']}")
+        loc = [str(p) for p in err["loc"]] or ["settings"]
+        head = loc[0] if loc[0].isupper() else f"IMAGED_{loc[0].upper()}"  # an alias is its own name
+        parts.append(f"{'.'.join([head, *loc[1:]])}: {err['msg']}")
     return "; ".join(parts)
 
 

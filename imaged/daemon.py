@@ -77,6 +77,9 @@ class Daemon:
         assert self.broker.channel is not None
         await self.broker.declare(self.broker.channel, list(self.providers))
         await self._remove_stale_parts()
+        # The HTTP app checks its authentication settings here: fail before any consumer starts.
+        self._runner = web.AppRunner(create_app(self), access_log=None)
+        await self._runner.setup()
 
         events = EventPublisher(self.broker, self.store)
         downloader = ImageDownloader(
@@ -111,8 +114,7 @@ class Daemon:
         self._intake_queue = await self._intake_channel.get_queue(self.topology.requests)
         self._intake_tag = await self._intake_queue.consume(self._on_request)
 
-        self._runner = web.AppRunner(create_app(self), access_log=None)
-        await self._runner.setup()
+        assert self._runner is not None
         site = web.TCPSite(self._runner, s.http_host, s.http_port)
         await site.start()
         port = self._runner.addresses[0][1]
@@ -147,7 +149,11 @@ class Daemon:
         log.info("imaged stopped")
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # close whatever did start, then report
+            raise
         try:
             await stop.wait()
         finally:

@@ -15,6 +15,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
+from .auth import amqp_user, message_owner
 from .broker import Broker, settle
 from .catalog import Catalog
 from .contract import ErrorInfo, Request, Status, check_plain_keys, is_valid_task_id, new_task_id, utcnow
@@ -66,6 +67,8 @@ class Intake:
         self.catalog = catalog
         self.providers = providers
         self.metrics = metrics
+        # The HTTP API publishes as the daemon's own AMQP user and names the tenant in a header.
+        self.trusted_user = amqp_user(settings.amqp_url.get_secret_value())
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         if message.redelivered:
@@ -130,7 +133,7 @@ class Intake:
             "provider": spec.provider,
             "parameters": params,
             "request_parameters": request.parameters,
-            "owner": message.user_id,
+            "owner": message_owner(message.user_id, message.headers, self.trusted_user),
             "correlation_id": message.correlation_id,
             "reply_to": message.reply_to,
             "metadata": request.metadata,
@@ -205,7 +208,7 @@ class Intake:
             "model": model[:128],
             "provider": (provider or "")[:64],
             "parameters": {},
-            "owner": message.user_id,
+            "owner": message_owner(message.user_id, message.headers, self.trusted_user),
             "correlation_id": message.correlation_id,
             "reply_to": message.reply_to,
             "metadata": {},

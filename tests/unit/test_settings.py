@@ -55,3 +55,11 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     (tmp_path / ".env").write_text("IMAGED_MONGODB_DB=fromdotenv\n")
     monkeypatch.chdir(tmp_path)
     assert Settings().mongodb_db == "fromdotenv"
+
+
+def test_env_example_documents_every_setting() -> None:
+    text = (Path(__file__).parents[2] / ".env.example").read_text(encoding="utf-8")
+    missing = [
+        name for name in Settings.model_fields if f"IMAGED_{name.upper()}=" not in text
+    ]  # commented or not
+    assert not missing, f".env.example lacks {missing}"
