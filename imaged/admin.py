@@ -448,7 +448,7 @@ def _check_image_dir(path: Path) -> CheckResult:
 
 
 async def run_checks(settings: Settings) -> list[CheckResult]:
-    topology = Topology(settings.amqp_prefix, settings.delivery_limit)
+    topology = Topology.from_settings(settings)
     results: list[CheckResult] = []
     results.append(
         CheckResult(
@@ -582,7 +582,7 @@ def dead_view(index: int, message: AbstractIncomingMessage) -> dict[str, Any]:
 async def _dead_channel(
     settings: Settings,
 ) -> AsyncIterator[tuple[AbstractChannel, aio_pika.abc.AbstractQueue]]:
-    topology = Topology(settings.amqp_prefix, settings.delivery_limit)
+    topology = Topology.from_settings(settings)
     try:
         connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=CONNECT_TIMEOUT_S)
     except (OSError, aio_pika.exceptions.AMQPError) as exc:
@@ -642,7 +642,7 @@ async def dead_replay(
     settings: Settings, message_ids: Sequence[str], replay_all: bool, limit: int, as_json: bool
 ) -> int:
     """Publish selected dead letters back to their queues; each is acked only after the broker confirmed it."""
-    topology = Topology(settings.amqp_prefix, settings.delivery_limit)
+    topology = Topology.from_settings(settings)
     me = amqp_user(settings.amqp_url.get_secret_value())
     wanted = set(message_ids)
     replayed: list[dict[str, Any]] = []

@@ -20,6 +20,8 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from .settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,13 @@ class Topology:
 
     prefix: str
     delivery_limit: int = 5
+    # A lane message comes back whenever a replica stops or dies mid-task (routine during deploys), so lanes
+    # tolerate more deliveries than requests, whose processing takes milliseconds.
+    lane_delivery_limit: int = 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        return cls(settings.amqp_prefix, settings.delivery_limit, settings.lane_delivery_limit)
 
     @property
     def requests(self) -> str:
@@ -49,11 +58,15 @@ class Topology:
     def dead(self) -> str:
         return f"{self.prefix}.dead"
 
-    def queue_arguments(self) -> dict[str, Any]:
+    @property
+    def dead_watch(self) -> str:
+        return f"{self.prefix}.dead.watch"
+
+    def queue_arguments(self, delivery_limit: int) -> dict[str, Any]:
         # RabbitMQ 3.10 quorum queues have no default delivery limit: set one, or a poison message loops forever.
         return {
             "x-queue-type": "quorum",
-            "x-delivery-limit": self.delivery_limit,
+            "x-delivery-limit": delivery_limit,
             "x-dead-letter-exchange": self.dlx,
         }
 
@@ -87,11 +100,19 @@ class Broker:
         t = self.topology
         await channel.declare_exchange(t.events, aio_pika.ExchangeType.TOPIC, durable=True)
         dlx = await channel.declare_exchange(t.dlx, aio_pika.ExchangeType.FANOUT, durable=True)
-        dead = await channel.declare_queue(t.dead, durable=True, arguments={"x-queue-type": "quorum"})
-        await dead.bind(dlx)
-        queues = {t.dead: dead}
-        for name in [t.requests, *(t.work(p) for p in providers)]:
-            queues[name] = await channel.declare_queue(name, durable=True, arguments=t.queue_arguments())
+        queues: dict[str, AbstractQueue] = {}
+        for name in (t.dead, t.dead_watch):
+            queues[name] = await channel.declare_queue(
+                name, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await queues[name].bind(dlx)
+        queues[t.requests] = await channel.declare_queue(
+            t.requests, durable=True, arguments=t.queue_arguments(t.delivery_limit)
+        )
+        for provider in providers:
+            queues[t.work(provider)] = await channel.declare_queue(
+                t.work(provider), durable=True, arguments=t.queue_arguments(t.lane_delivery_limit)
+            )
         return queues
 
     async def open_consumer_channel(self, prefetch: int) -> AbstractChannel:

@@ -200,9 +200,7 @@ async def _setup(settings: Settings) -> None:
 
     catalog = Catalog.load(settings.catalog_path)
     store = TaskStore.connect(settings.mongodb_url.get_secret_value(), settings.mongodb_db)
-    broker = Broker(
-        settings.amqp_url.get_secret_value(), Topology(settings.amqp_prefix, settings.delivery_limit)
-    )
+    broker = Broker(settings.amqp_url.get_secret_value(), Topology.from_settings(settings))
     try:
         await store.ensure_indexes()
         await broker.connect()

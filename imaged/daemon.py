@@ -10,6 +10,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from .api import create_app
 from .broker import Broker, Topology
 from .catalog import Catalog
 from .contract import Status
+from .deadletters import DeadLetterWatcher
 from .errors import ConfigError
 from .events import EventPublisher
 from .images import ImageDownloader, is_orphan, leftover_parts
@@ -48,7 +50,7 @@ class Daemon:
         self.settings = settings
         self.catalog = catalog or Catalog.load(settings.catalog_path)
         self.metrics = metrics or Metrics()
-        self.topology = Topology(settings.amqp_prefix, settings.delivery_limit)
+        self.topology = Topology.from_settings(settings)
         self.store = TaskStore.connect(settings.mongodb_url.get_secret_value(), settings.mongodb_db)
         self.broker = Broker(settings.amqp_url.get_secret_value(), self.topology)
         self.retry = RetryPolicy()
@@ -61,8 +63,7 @@ class Daemon:
         self.session: aiohttp.ClientSession | None = None
         self.intake: Intake | None = None
         self._intake_channel: AbstractChannel | None = None
-        self._intake_queue: AbstractQueue | None = None
-        self._intake_tag: str | None = None
+        self._consumers: list[tuple[AbstractQueue, str]] = []  # intake and dead-letter watcher
         self._runner: web.AppRunner | None = None
         self.http_url: str | None = None
 
@@ -110,9 +111,15 @@ class Daemon:
             self.lanes.append(lane)
 
         self.intake = Intake(s, self.broker, self.store, events, self.catalog, self.providers, self.metrics)
+        watcher = DeadLetterWatcher(self.broker, self.store, events, self.intake, self.metrics)
         self._intake_channel = await self.broker.open_consumer_channel(prefetch=s.intake_prefetch)
-        self._intake_queue = await self._intake_channel.get_queue(self.topology.requests)
-        self._intake_tag = await self._intake_queue.consume(self._on_request)
+        for queue_name, handler in (
+            (self.topology.requests, self.intake.handle),
+            (self.topology.dead_watch, watcher.handle),
+        ):
+            queue = await self._intake_channel.get_queue(queue_name)
+            tag = await queue.consume(self._outage_tolerant(handler))
+            self._consumers.append((queue, tag))
 
         assert self._runner is not None
         site = web.TCPSite(self._runner, s.http_host, s.http_port)
@@ -130,11 +137,12 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop consuming, let jobs finish within the grace period, then close everything in reverse order."""
-        if self._intake_queue is not None and self._intake_tag is not None:
+        for queue, tag in self._consumers:
             try:
-                await self._intake_queue.cancel(self._intake_tag)
+                await queue.cancel(tag)
             except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
-                log.warning("could not cancel the intake consumer: %s", exc)
+                log.warning("could not cancel the consumer of %s: %s", queue.name, exc)
+        self._consumers.clear()
         for lane in self.lanes:
             await lane.stop_consuming()
         await asyncio.gather(*(lane.drain(self.settings.shutdown_grace_s) for lane in self.lanes))
@@ -207,31 +215,35 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 60)
 
-    async def _on_request(self, message: AbstractIncomingMessage) -> None:
-        """Intake with outage handling: wait out a broker or database outage holding the message, never drop it."""
-        assert self.intake is not None
-        outage = 0
-        while True:
-            try:
-                await self.intake.handle(message)
-                return
-            except asyncio.CancelledError:
-                raise
-            except OUTAGE_ERRORS as exc:
-                outage += 1
-                delay = min(30.0, 0.5 * 2 ** min(outage, 6)) * random.uniform(0.5, 1.0)
-                log.warning(
-                    "intake waiting for the broker/database (%s); retrying in %.1fs",
-                    type(exc).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-            except Exception:
-                log.exception("intake failed on a request; it goes back to the queue")
-                # The broker dead-letters it once the delivery limit is reached.
-                with contextlib.suppress(Exception):
-                    await message.nack(requeue=True)
-                return
+    @staticmethod
+    def _outage_tolerant(
+        handler: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        """A consumer callback that waits out a broker or database outage holding its message, never dropping it."""
+
+        async def consume(message: AbstractIncomingMessage) -> None:
+            outage = 0
+            while True:
+                try:
+                    await handler(message)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except OUTAGE_ERRORS as exc:
+                    outage += 1
+                    delay = min(30.0, 0.5 * 2 ** min(outage, 6)) * random.uniform(0.5, 1.0)
+                    log.warning(
+                        "waiting for the broker/database (%s); retrying in %.1fs", type(exc).__name__, delay
+                    )
+                    await asyncio.sleep(delay)
+                except Exception:
+                    log.exception("failed on a message of %s; it goes back to the queue", message.routing_key)
+                    # The broker dead-letters it once the delivery limit is reached.
+                    with contextlib.suppress(Exception):
+                        await message.nack(requeue=True)
+                    return
+
+        return consume
 
     # -- queries used by the HTTP API ---------------------------------------------------------------------------
 
@@ -250,7 +262,7 @@ class Daemon:
             db_ok = await asyncio.wait_for(self.store.ping(), timeout=2.0)
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             db_ok = False
-        consumers_ok = self._intake_tag is not None and all(lane.consumer_tag for lane in self.lanes)
+        consumers_ok = bool(self._consumers) and all(lane.consumer_tag for lane in self.lanes)
         self.metrics.connection_up.labels("broker").set(int(broker_ok))
         self.metrics.connection_up.labels("database").set(int(db_ok))
         return {

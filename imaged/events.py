@@ -77,6 +77,28 @@ class EventPublisher:
                 headers=headers,
             )
 
+    async def finish(
+        self, doc: TaskDoc, status: Status, *, result: Result | None = None, error: ErrorInfo | None = None
+    ) -> TaskDoc:
+        """Store a terminal state together with its event, then publish the event (confirmed by the broker).
+
+        The stored event is what a redelivery re-publishes, so every copy carries the same ``event_id``.
+        """
+        event = await self.build(doc, status, result=result, error=error)
+        updated = await self.store.update(
+            doc["_id"],
+            {
+                "result": result.model_dump(mode="json") if result else None,
+                "error": error.model_dump(mode="json") if error else None,
+                "finished_at": utcnow(),
+                "progress": 1.0 if status is Status.COMPLETED else doc.get("progress", 0.0),
+                "terminal_event": event,
+            },
+            status=status,
+        )
+        await self.publish(event, reply_to=doc.get("reply_to"))
+        return updated or doc
+
     async def emit(self, doc: TaskDoc, status: Status, **kwargs: Any) -> dict[str, Any]:
         """Build and publish a non-terminal event."""
         event = await self.build(doc, status, **kwargs)

@@ -172,13 +172,13 @@ class Intake:
         """Record and announce an invalid request where a task id is known, then dead-letter it."""
         error = exc.info()
         log.info("invalid request: %s", exc.message, extra={"code": exc.code})
-        task_id = self._known_task_id(message)
+        task_id = self.known_task_id(message)
         if task_id is not None:
-            await self._record_failure(message, task_id, error)
+            await self.record_failure(message, task_id, error)
         await self.broker.dead_letter(message, "invalid_request", error.model_dump(mode="json"))
         self.metrics.dead_letters.labels("invalid_request").inc()
 
-    def _known_task_id(self, message: AbstractIncomingMessage) -> str | None:
+    def known_task_id(self, message: AbstractIncomingMessage) -> str | None:
         try:
             data = json.loads(message.body)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -189,7 +189,8 @@ class Intake:
                 return candidate
         return task_id_from_message_id(message.message_id)
 
-    async def _record_failure(self, message: AbstractIncomingMessage, task_id: str, error: ErrorInfo) -> None:
+    async def record_failure(self, message: AbstractIncomingMessage, task_id: str, error: ErrorInfo) -> None:
+        """Store a failed task for a request that never became one, and announce it (once per task id)."""
         data: Any
         try:
             data = json.loads(message.body)
@@ -219,14 +220,12 @@ class Intake:
             "progress": 0.0,
             "result": None,
             "error": error.model_dump(mode="json"),
-            "history": [{"status": Status.FAILED.value, "at": now}],
+            "history": [],  # the terminal entry is added with the event
         }
         stored, created = await self.store.create(doc)
         if not created:
             return  # a task with this id exists already; a bad duplicate must not touch it
-        event = await self.events.build(stored, Status.FAILED, error=error)
-        await self.store.update(task_id, {"terminal_event": event})
-        await self.events.publish(event, reply_to=message.reply_to)
+        await self.events.finish(stored, Status.FAILED, error=error)
         # Label values come from the catalog only: a bad request must not create new time series.
         self.metrics.tasks.labels(
             spec.provider if spec else "unknown", spec.name if spec else "unknown", "failed"

@@ -345,30 +345,18 @@ class Job:
     ) -> Status:
         """Store the terminal state with its event, then publish the event (confirmed by the broker)."""
         d = self.deps
-        event = await d.events.build(doc, status, result=result, error=error)
-        finished = utcnow()
-        updated = await d.store.update(
-            self.task_id,
-            {
-                "result": result.model_dump(mode="json") if result else None,
-                "error": error.model_dump(mode="json") if error else None,
-                "finished_at": finished,
-                "progress": 1.0 if status is Status.COMPLETED else doc.get("progress", 0.0),
-                "terminal_event": event,
-            },
-            status=status,
-        )
-        await d.events.publish(event, reply_to=doc.get("reply_to"))
+        started = utcnow()
+        updated = await d.events.finish(doc, status, result=result, error=error)
         d.metrics.stage_duration.labels(doc["provider"], "publish").observe(
-            (utcnow() - finished).total_seconds()
+            (utcnow() - started).total_seconds()
         )
         d.metrics.tasks.labels(doc["provider"], doc["model"], status.value).inc()
         if error is not None:
             d.metrics.task_errors.labels(doc["provider"], error.category.value).inc()
-        created: datetime | None = (updated or doc).get("created_at")
+        created: datetime | None = updated.get("created_at")
         if created is not None:
             d.metrics.task_duration.labels(doc["provider"], status.value).observe(
-                (finished - created).total_seconds()
+                (utcnow() - created).total_seconds()
             )
         log.info("task %s", status.value, extra={"category": error.category.value if error else None})
         return status

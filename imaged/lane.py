@@ -149,7 +149,7 @@ class Lane:
         message = self.deliveries[job.task_id][-1]
         count = (message.headers or {}).get("x-delivery-count", 0)
         deliveries = (count if isinstance(count, int) else 0) + 1
-        if deliveries < self.broker.topology.delivery_limit:
+        if deliveries < self.broker.topology.lane_delivery_limit:
             log.exception(
                 "job crashed (delivery %d); the message will be redelivered", deliveries, exc_info=exc
             )

@@ -32,6 +32,27 @@ def replica_id() -> str:
     return f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def holder_is_gone(holder: str, me: str) -> bool:
+    """True when a lease's holder is a dead process on this host, so its lease need not wait out the TTL.
+
+    Holders start with ``host:pid:random`` (see ``replica_id``). Only this host's processes can be checked; a
+    holder elsewhere is gone only when its lease expires.
+    """
+    host, pid, nonce = [*holder.split(":"), "", "", ""][:3]
+    my_host, my_pid, my_nonce = [*me.split(":"), "", "", ""][:3]
+    if host != my_host or not pid.isdigit():
+        return False
+    if pid == my_pid:
+        return nonce != my_nonce  # an earlier process that had our pid (a restarted container)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
 class Leases:
     """Acquire, renew and release leases; one instance per daemon, with one heartbeat loop for all its leases."""
 
@@ -60,9 +81,11 @@ class Leases:
                     if renew:
                         self.held[key] = holder
                     return True
-                if existing["expires_at"] > now:
+                if existing["expires_at"] > now and not holder_is_gone(
+                    existing.get("holder", ""), self.holder_prefix
+                ):
                     return False
-                # Expired: its holder died. Remove exactly that stale document, then race for the insert.
+                # Expired, or its holder died: remove exactly that stale document, then race for the insert.
                 log.info("reclaiming expired lease %s of %s", key, existing.get("holder"))
                 await self.collection.delete_one(
                     {"_id": key, "holder": existing.get("holder"), "expires_at": existing["expires_at"]}

@@ -37,7 +37,12 @@ class Settings(BaseSettings):
         validation_alias=_alias("IMAGED_AMQP_URL", "AMQP_URL", "RABBITMQ_URL"),
     )
     amqp_prefix: str = Field("imaged", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    delivery_limit: int = Field(5, ge=1, description="redeliveries before a message is dead-lettered")
+    delivery_limit: int = Field(5, ge=1, description="deliveries of a request before it is dead-lettered")
+    lane_delivery_limit: int = Field(
+        20,
+        ge=1,
+        description="deliveries of a lane message (one per interrupted run of a task) before dead-lettering",
+    )
 
     # Database
     mongodb_url: SecretStr = Field(

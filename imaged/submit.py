@@ -52,7 +52,7 @@ def build_request(
 async def submit_request(
     settings: Settings, body: dict[str, Any], *, wait: bool, wait_s: float, as_json: bool
 ) -> int:
-    topology = Topology(settings.amqp_prefix, settings.delivery_limit)
+    topology = Topology.from_settings(settings)
     task_id = str(body["task_id"])
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=10)
     try:

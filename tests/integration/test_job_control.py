@@ -96,7 +96,7 @@ async def test_progress_events_follow_liblibai_percent(
 async def test_request_expired_in_queue_is_never_submitted(
     settings: Settings, bus: Bus, simulator: Simulator
 ) -> None:
-    broker = Broker(AMQP_URL, Topology(settings.amqp_prefix, settings.delivery_limit))
+    broker = Broker(AMQP_URL, Topology.from_settings(settings))
     await broker.connect()
     assert broker.channel is not None
     await broker.declare(broker.channel, ["aliyun", "liblibai"])
@@ -107,10 +107,14 @@ async def test_request_expired_in_queue_is_never_submitted(
     daemon = Daemon(settings, metrics=Metrics())
     await daemon.start()
     try:
-        await asyncio.sleep(1.5)
-        assert await daemon.store.get(task_id) is None
+        # The broker dead-lettered it; the daemon turns that into a failed task with its event.
+        event = (await bus.wait_terminal([task_id], within=20))[task_id]
+        doc = await daemon.store.get(task_id)
     finally:
         await daemon.stop()
+    assert event["status"] == "failed"
+    assert (event["error"]["category"], event["error"]["code"]) == ("timeout", "expired")
+    assert doc is not None and doc["status"] == "failed"
     assert (await sim_stats(simulator))["liblibai"]["submits"] == 0
 
 
