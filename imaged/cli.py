@@ -150,6 +150,11 @@ def simulated_settings(settings: Settings, simulator: Any, config: Any) -> Setti
 @click.option("--access-key", default="sim-access", show_default=True, help="LiblibAI AccessKey")
 @click.option("--secret-key", default="sim-secret", show_default=True, help="LiblibAI SecretKey")
 @click.option("--no-limits", is_flag=True, help="lift the providers' concurrency and rate limits")
+@click.option(
+    "--public-url",
+    default=None,
+    help="base of the image URLs handed out, when clients reach the emulator under another name",
+)
 @click.pass_context
 def simulate(
     ctx: click.Context,
@@ -160,6 +165,7 @@ def simulate(
     access_key: str,
     secret_key: str,
     no_limits: bool,
+    public_url: str | None,
 ) -> None:
     """Run the provider emulator alone (DashScope at /api/v1, LiblibAI at /)."""
     from .simulator import SimulatorConfig, run_simulator
@@ -171,6 +177,7 @@ def simulate(
         liblib_access_key=access_key,
         liblib_secret_key=secret_key,
         task_seconds=task_seconds,
+        public_url=public_url,
     )
     if no_limits:
         config.liblib_concurrency_limit = None

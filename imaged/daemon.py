@@ -94,6 +94,7 @@ class Daemon:
         self._background = [
             asyncio.create_task(self.leases.heartbeat(self._stopping), name="lease-heartbeat"),
             asyncio.create_task(self._janitor(), name="janitor"),
+            asyncio.create_task(self._watch_connections(), name="connection-watch"),
         ]
         for provider in self.providers.values():
             # Built-in providers have rate settings; a plugin gets one submit per second and unlimited polls.
@@ -202,6 +203,16 @@ class Daemon:
         removed = await asyncio.to_thread(sweep)
         if removed:
             log.info("removed %d partial download(s) left by a crash", removed)
+
+    async def _watch_connections(self) -> None:
+        """Keep the broker and database connection gauges current, whether or not anyone asks for readiness."""
+        while not self._stopping.is_set():
+            try:
+                await self.readiness()
+            except Exception:
+                log.exception("connection check failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 5)
 
     async def _janitor(self) -> None:
         """Periodic upkeep; logs a failure and keeps looping."""
