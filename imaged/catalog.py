@@ -47,9 +47,6 @@ class Catalog:
     def get(self, name: str) -> ModelSpec | None:
         return self.models.get(name)
 
-    def by_provider(self, provider: str) -> list[ModelSpec]:
-        return [spec for spec in self.models.values() if spec.provider == provider]
-
     def providers(self) -> list[str]:
         return sorted({spec.provider for spec in self.models.values()})
 

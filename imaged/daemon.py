@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -20,17 +20,18 @@ from aiohttp import web
 from .api import create_app
 from .broker import Broker, Topology
 from .catalog import Catalog
-from .contract import Status
+from .contract import Status, utcnow
 from .deadletters import DeadLetterWatcher
 from .errors import ConfigError
 from .events import EventPublisher
 from .images import ImageDownloader, is_orphan, leftover_parts
 from .intake import Intake
 from .job import JobDeps, RetryPolicy
-from .lane import OUTAGE_ERRORS, Lane
+from .lane import Lane
 from .leases import Leases, replica_id
 from .limits import ProviderSlots
 from .metrics import Metrics
+from .outage import is_outage, outage_delay
 from .providers.base import Provider
 from .providers.registry import available_providers
 from .settings import Settings
@@ -57,6 +58,7 @@ class Daemon:
         self.replica = replica_id()
         self.leases = Leases(self.store.db["leases"], settings.lease_ttl_s, self.replica)
         self._stopping = asyncio.Event()
+        self._draining = asyncio.Event()  # set first on shutdown: no new submits
         self._background: list[asyncio.Task[None]] = []
         self.providers: dict[str, Provider] = {}
         self.lanes: list[Lane] = []
@@ -90,7 +92,17 @@ class Daemon:
             timeout_s=s.download_timeout_s,
             allowed_hosts=s.image_allowed_hosts,
         )
-        deps = JobDeps(s, self.catalog, self.store, events, downloader, self.metrics, self.retry, self.leases)
+        deps = JobDeps(
+            s,
+            self.catalog,
+            self.store,
+            events,
+            downloader,
+            self.metrics,
+            self.retry,
+            self.leases,
+            self._draining,
+        )
         self._background = [
             asyncio.create_task(self.leases.heartbeat(self._stopping), name="lease-heartbeat"),
             asyncio.create_task(self._janitor(), name="janitor"),
@@ -112,7 +124,7 @@ class Daemon:
             self.lanes.append(lane)
 
         self.intake = Intake(s, self.broker, self.store, events, self.catalog, self.providers, self.metrics)
-        watcher = DeadLetterWatcher(self.broker, self.store, events, self.intake, self.metrics)
+        watcher = DeadLetterWatcher(self.broker, self.store, events, self.intake, self.leases, self.metrics)
         self._intake_channel = await self.broker.open_consumer_channel(prefetch=s.intake_prefetch)
         for queue_name, handler in (
             (self.topology.requests, self.intake.handle),
@@ -144,6 +156,7 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
                 log.warning("could not cancel the consumer of %s: %s", queue.name, exc)
         self._consumers.clear()
+        self._draining.set()
         for lane in self.lanes:
             await lane.stop_consuming()
         await asyncio.gather(*(lane.drain(self.settings.shutdown_grace_s) for lane in self.lanes))
@@ -221,6 +234,15 @@ class Daemon:
                 purged = await self.leases.purge_expired()
                 if purged:
                     log.debug("purged %d expired leases", purged)
+                if self.settings.retention_days > 0:
+                    cutoff = utcnow() - timedelta(days=self.settings.retention_days)
+                    removed = await self.store.purge_finished(before=cutoff)
+                    if removed:
+                        log.info(
+                            "removed %d finished task(s) older than %g days",
+                            removed,
+                            self.settings.retention_days,
+                        )
             except Exception:
                 log.exception("janitor run failed")
             with contextlib.suppress(TimeoutError):
@@ -238,21 +260,21 @@ class Daemon:
                 try:
                     await handler(message)
                     return
-                except asyncio.CancelledError:
-                    raise
-                except OUTAGE_ERRORS as exc:
+                except Exception as exc:
+                    if not is_outage(exc):
+                        log.exception(
+                            "failed on a message of %s; it goes back to the queue", message.routing_key
+                        )
+                        # The broker dead-letters it once the delivery limit is reached.
+                        with contextlib.suppress(Exception):
+                            await message.nack(requeue=True)
+                        return
                     outage += 1
-                    delay = min(30.0, 0.5 * 2 ** min(outage, 6)) * random.uniform(0.5, 1.0)
+                    delay = outage_delay(outage)
                     log.warning(
                         "waiting for the broker/database (%s); retrying in %.1fs", type(exc).__name__, delay
                     )
                     await asyncio.sleep(delay)
-                except Exception:
-                    log.exception("failed on a message of %s; it goes back to the queue", message.routing_key)
-                    # The broker dead-letters it once the delivery limit is reached.
-                    with contextlib.suppress(Exception):
-                        await message.nack(requeue=True)
-                    return
 
         return consume
 

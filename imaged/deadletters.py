@@ -17,6 +17,7 @@ from .broker import Broker, settle
 from .contract import ErrorCategory, ErrorInfo, Status
 from .events import EventPublisher
 from .intake import Intake
+from .leases import Leases
 from .metrics import Metrics
 from .store import TaskStore
 
@@ -37,9 +38,16 @@ class DeadLetterWatcher:
     """Consumer of ``<prefix>.dead.watch``."""
 
     def __init__(
-        self, broker: Broker, store: TaskStore, events: EventPublisher, intake: Intake, metrics: Metrics
+        self,
+        broker: Broker,
+        store: TaskStore,
+        events: EventPublisher,
+        intake: Intake,
+        leases: Leases,
+        metrics: Metrics,
     ) -> None:
         self.broker = broker
+        self.leases = leases
         self.store = store
         self.events = events
         self.intake = intake
@@ -84,8 +92,16 @@ class DeadLetterWatcher:
         doc = await self.store.get(task_id)
         if doc is None:
             await self.intake.record_failure(message, task_id, error)
-        elif not Status(doc["status"]).terminal:
-            await self.events.finish(doc, Status.FAILED, error=error)
-        else:
+        elif Status(doc["status"]).terminal:
+            await self.events.republish(doc)  # its event may not have gone out before the message died
             return
+        else:
+            # A job still driving the task (its message died under it, e.g. channels dropping) finishes it itself.
+            claim, holder = f"task:{task_id}", f"{self.leases.holder_prefix}:dead-letters"
+            if not await self.leases.try_acquire(claim, holder, renew=False):
+                return
+            try:
+                await self.events.finish(doc, Status.FAILED, error=error)
+            finally:
+                await self.leases.release_quietly(claim, holder)
         log.warning("task failed: %s", error.message, extra={"task_id": task_id, "code": error.code})

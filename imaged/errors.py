@@ -13,6 +13,10 @@ class ConfigError(ImagedError):
     """The configuration or the model catalog is unusable."""
 
 
+class HandBack(ImagedError):
+    """The job stops without an outcome: its message goes back to the queue, for this or another replica."""
+
+
 class TaskError(ImagedError):
     """A task cannot go on; carries the error recorded on the task and sent in its event."""
 

@@ -23,6 +23,7 @@ class EventPublisher:
     def __init__(self, broker: Broker, store: TaskStore) -> None:
         self.broker = broker
         self.store = store
+        self._own_queues = f"{broker.topology.prefix}."
 
     async def build(
         self,
@@ -68,7 +69,8 @@ class EventPublisher:
         await self.broker.publish_event(
             body, routing_key, headers, event["event_id"], event.get("correlation_id")
         )
-        if reply_to and Status(event["status"]).terminal:
+        # Never into imaged's own queues: a reply there would be read back as work.
+        if reply_to and Status(event["status"]).terminal and not reply_to.startswith(self._own_queues):
             await self.broker.publish_to_queue(
                 reply_to,
                 body,
@@ -91,13 +93,23 @@ class EventPublisher:
                 "result": result.model_dump(mode="json") if result else None,
                 "error": error.model_dump(mode="json") if error else None,
                 "finished_at": utcnow(),
-                "progress": 1.0 if status is Status.COMPLETED else doc.get("progress", 0.0),
+                "progress": event["progress"],
                 "terminal_event": event,
             },
             status=status,
         )
         await self.publish(event, reply_to=doc.get("reply_to"))
         return updated or doc
+
+    async def republish(self, doc: TaskDoc) -> None:
+        """Send a terminal task's stored event again (same ``event_id``); store one first if it is missing."""
+        event = doc.get("terminal_event")
+        if event is not None:
+            await self.publish(event, reply_to=doc.get("reply_to"))
+            return
+        error = ErrorInfo.model_validate(doc["error"]) if doc.get("error") else None
+        result = Result.model_validate(doc["result"]) if doc.get("result") else None
+        await self.finish(doc, Status(doc["status"]), result=result, error=error)
 
     async def emit(self, doc: TaskDoc, status: Status, **kwargs: Any) -> dict[str, Any]:
         """Build and publish a non-terminal event."""

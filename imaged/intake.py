@@ -82,6 +82,11 @@ class Intake:
         await settle(message, ack=True)
 
     def parse(self, message: AbstractIncomingMessage) -> tuple[Request, str]:
+        if message.reply_to and message.reply_to.startswith(f"{self.broker.topology.prefix}."):
+            raise InvalidRequest(
+                f"reply_to: {message.reply_to!r} is one of imaged's own queues; name a queue of yours",
+                code="bad_reply_to",
+            )
         if len(message.body) > self.settings.max_request_bytes:
             raise InvalidRequest(
                 f"request is {len(message.body)} bytes, larger than the {self.settings.max_request_bytes}-byte cap",
@@ -153,9 +158,7 @@ class Intake:
         }
         stored, created = await self.store.create(doc)
         if not created and Status(stored["status"]).terminal:
-            event = stored.get("terminal_event")
-            if event is not None:
-                await self.events.publish(event, reply_to=stored.get("reply_to"))
+            await self.events.republish(stored)
             return "duplicate"
         if created:
             await self.events.emit(stored, Status.PENDING, progress=0.0)
@@ -224,7 +227,11 @@ class Intake:
         }
         stored, created = await self.store.create(doc)
         if not created:
-            return  # a task with this id exists already; a bad duplicate must not touch it
+            # A task with this id exists already: a bad duplicate must not touch it. If it has finished, its
+            # event may not have gone out yet (a crash before the publish): send it (again).
+            if Status(stored["status"]).terminal:
+                await self.events.republish(stored)
+            return
         await self.events.finish(stored, Status.FAILED, error=error)
         # Label values come from the catalog only: a bad request must not create new time series.
         self.metrics.tasks.labels(

@@ -10,18 +10,19 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 from .catalog import Catalog, ModelSpec
 from .contract import ErrorCategory, ErrorInfo, ImageInfo, Result, Status, utcnow
-from .errors import DownloadError, InvalidRequest, TaskError
+from .errors import DownloadError, HandBack, InvalidRequest, TaskError
 from .events import EventPublisher
 from .images import ImageDownloader
 from .leases import Leases
 from .limits import ProviderSlots
 from .metrics import Metrics
+from .outage import is_outage, outage_delay
 from .providers.base import Credential, PollResult, Provider, ProviderState
 from .settings import Settings
 from .store import TaskDoc, TaskStore
@@ -60,6 +61,8 @@ class JobDeps:
     metrics: Metrics
     retry: RetryPolicy
     leases: Leases
+    #: set when the daemon shuts down: no new submits, waiting jobs hand their task back
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Job:
@@ -70,11 +73,19 @@ class Job:
         self.provider = provider
         self.slots = slots
         self.task_id = task_id
+        # Cleared from just before a submit until its provider task id is stored: shutdown must not cancel the
+        # job inside that window, or the task may be paid for twice.
+        self.outside_submit = asyncio.Event()
+        self.outside_submit.set()
+
+    @property
+    def claim(self) -> str:
+        return f"task:{self.task_id}"
 
     async def run(self) -> Status:
         """Claim the task (waiting while another replica drives it), then take it from its stored state."""
         leases = self.deps.leases
-        async with leases.hold(f"task:{self.task_id}", leases.holder_prefix):
+        async with leases.hold(self.claim, leases.holder_prefix):
             return await self._run_claimed()
 
     async def _run_claimed(self) -> Status:
@@ -83,8 +94,10 @@ class Job:
         if doc is None:
             raise TaskError(f"task {self.task_id} is not in the store", code="unknown_task")
         if Status(doc["status"]).terminal:
-            await self._republish_terminal(doc)
+            log.info("re-publishing the terminal event of an already finished task")
+            await d.events.republish(doc)
             return Status(doc["status"])
+        await d.store.update(self.task_id, {}, inc={"attempts": 1})
         spec = d.catalog.get(doc["model"])
         if spec is None:
             return await self.finish(
@@ -97,7 +110,8 @@ class Job:
                 "task failed: %s", exc.message, extra={"category": exc.category.value, "code": exc.code}
             )
             latest = await d.store.get(self.task_id) or doc
-            return await self.finish(latest, Status.FAILED, error=exc.info())
+            status = Status.CANCELED if exc.category is ErrorCategory.CANCELED else Status.FAILED
+            return await self.finish(latest, status, error=exc.info())
 
     async def _drive(self, doc: TaskDoc, spec: ModelSpec) -> Status:
         d = self.deps
@@ -164,12 +178,15 @@ class Job:
 
         async def submit_once() -> str:
             nonlocal ambiguous
+            await self._may_submit()
             if ambiguous:
                 self._submit_unknown()
             await self.slots.before_submit(cred)
+            self.outside_submit.clear()
             try:
                 return await self.provider.submit(cred, spec, params)
             except TaskError as exc:
+                self.outside_submit.set()
                 ambiguous = exc.code in AMBIGUOUS_SUBMIT_CODES
                 raise
 
@@ -179,13 +196,14 @@ class Job:
             if not ambiguous:
                 await d.store.update(self.task_id, {"submit_started_at": None})
             raise
+        except BaseException:
+            self.outside_submit.set()
+            raise
         now = utcnow()
-        updated = await d.store.update(
-            self.task_id,
-            {"provider_task_id": provider_task_id, "credential": cred.name, "submitted_at": now},
-            status=Status.PROCESSING,
-        )
-        assert updated is not None
+        try:
+            updated = await self._record_submission(provider_task_id, cred, now)
+        finally:
+            self.outside_submit.set()
         created_at: datetime = updated["created_at"]
         d.metrics.stage_duration.labels(self.provider.name, "queue_wait").observe(
             (now - created_at).total_seconds()
@@ -193,6 +211,38 @@ class Job:
         log.info("submitted", extra={"provider_task_id": provider_task_id, "credential": cred.name})
         await d.events.emit(updated, Status.PROCESSING, progress=0.0)
         return updated
+
+    async def _may_submit(self) -> None:
+        """Last checks before money is spent: still ours, not canceled, not shutting down."""
+        d = self.deps
+        if d.draining.is_set():
+            raise HandBack("shutting down: the task goes back to the queue unsubmitted")
+        if not await d.leases.holds(self.claim, d.leases.holder_prefix):
+            raise HandBack("lost the claim on this task (it expired during an outage)")
+        latest = await d.store.get(self.task_id)
+        if latest is not None and latest.get("cancel_requested"):
+            raise TaskError("the task was canceled before it was submitted", category=ErrorCategory.CANCELED)
+
+    async def _record_submission(self, provider_task_id: str, cred: Credential, now: datetime) -> TaskDoc:
+        """Store the provider's task id, waiting out a database outage: losing it would mean paying twice."""
+        outage = 0
+        while True:
+            try:
+                updated = await self.deps.store.update(
+                    self.task_id,
+                    {"provider_task_id": provider_task_id, "credential": cred.name, "submitted_at": now},
+                    status=Status.PROCESSING,
+                )
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                outage += 1
+                log.warning("database unavailable while recording a submission (%s); retrying", exc)
+                await asyncio.sleep(outage_delay(outage))
+                continue
+            if updated is None:
+                raise TaskError(f"task {self.task_id} vanished from the store", code="unknown_task")
+            return updated
 
     # -- poll ---------------------------------------------------------------------------------------------------
 
@@ -360,16 +410,6 @@ class Job:
             )
         log.info("task %s", status.value, extra={"category": error.category.value if error else None})
         return status
-
-    async def _republish_terminal(self, doc: TaskDoc) -> None:
-        event = doc.get("terminal_event")
-        if event is None:  # terminal without a stored event (should not happen): build one now
-            error = ErrorInfo.model_validate(doc["error"]) if doc.get("error") else None
-            result = Result.model_validate(doc["result"]) if doc.get("result") else None
-            await self.finish(doc, Status(doc["status"]), result=result, error=error)
-            return
-        log.info("re-publishing the terminal event of an already finished task")
-        await self.deps.events.publish(event, reply_to=doc.get("reply_to"))
 
 
 def _canceled() -> ErrorInfo:

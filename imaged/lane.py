@@ -9,25 +9,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
-from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
-from pymongo.errors import ConnectionFailure
 
 from .broker import Broker, settle
 from .contract import ErrorCategory, ErrorInfo, Status
-from .errors import TaskError
+from .errors import HandBack, TaskError
 from .job import Job, JobDeps
 from .limits import ProviderSlots
 from .logs import job_context
+from .outage import is_outage, outage_delay
 from .providers.base import Provider
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the broker or the database is away", not "this task is bad".
-OUTAGE_ERRORS = (ConnectionFailure, AMQPError, ChannelInvalidStateError, ConnectionError)
+# How long shutdown waits, past its grace period, for a job to leave a submit (the provider's request timeout).
+SUBMIT_WINDOW_S = 40.0
 
 
 class Lane:
@@ -41,6 +39,7 @@ class Lane:
         self.queue_name = broker.topology.work(provider.name)
         self.jobs: dict[str, asyncio.Task[None]] = {}
         self.deliveries: dict[str, list[AbstractIncomingMessage]] = {}
+        self.running: dict[str, Job] = {}
         self.channel: AbstractChannel | None = None
         self.queue: AbstractQueue | None = None
         self.consumer_tag: str | None = None
@@ -60,12 +59,21 @@ class Lane:
             self.consumer_tag = None
 
     async def drain(self, grace_s: float) -> None:
-        """Let running jobs finish within the grace period; cancel the rest (their messages stay unacked)."""
+        """Let running jobs finish within the grace period, then hand the rest back (their messages stay unacked).
+
+        A job between a provider's reply and the write of its task id is never interrupted: that would mean
+        paying twice. It gets up to ``SUBMIT_WINDOW_S`` more to leave that window.
+        """
         if self.jobs:
             log.info(
                 "lane %s: waiting up to %.0fs for %d job(s)", self.provider.name, grace_s, len(self.jobs)
             )
             _, pending = await asyncio.wait(list(self.jobs.values()), timeout=grace_s)
+            submitting = [
+                job.outside_submit.wait() for job in self.running.values() if not job.outside_submit.is_set()
+            ]
+            if submitting:
+                await asyncio.wait([asyncio.ensure_future(w) for w in submitting], timeout=SUBMIT_WINDOW_S)
             for task in pending:
                 task.cancel()
             if pending:
@@ -91,60 +99,70 @@ class Lane:
             self.deliveries[task_id].append(message)
             return
         self.deliveries[task_id] = [message]
-        job = asyncio.create_task(self._run(task_id), name=f"job:{task_id}")
-        self.jobs[task_id] = job
-        job.add_done_callback(lambda _: self._forget(task_id))
-
-    def _forget(self, task_id: str) -> None:
-        self.jobs.pop(task_id, None)
-        self.deliveries.pop(task_id, None)
-
-    async def _settle_all(self, task_id: str, *, ack: bool) -> None:
-        for message in self.deliveries.get(task_id, []):
-            await settle(message, ack=ack)
+        self.jobs[task_id] = asyncio.create_task(self._run(task_id), name=f"job:{task_id}")
 
     async def _run(self, task_id: str) -> None:
         gauge = self.deps.metrics.in_flight.labels(self.provider.name)
         gauge.inc()
         try:
             with job_context(task_id=task_id, provider=self.provider.name):
-                await self._run_job(task_id)
+                ack = await self._run_job(task_id)
+            await self._settle_all(task_id, ack=ack)
         finally:
+            self.deliveries.pop(task_id, None)
+            self.jobs.pop(task_id, None)
+            self.running.pop(task_id, None)
             gauge.dec()
 
-    async def _run_job(self, task_id: str) -> None:
-        """Run the job; an outage of the broker or database pauses it and runs it again from the stored state."""
+    async def _settle_all(self, task_id: str, *, ack: bool) -> None:
+        """Settle every delivery of the task, including duplicates that arrive while settling."""
+        messages = self.deliveries.get(task_id, [])
+        done = 0
+        while done < len(messages):
+            await settle(messages[done], ack=ack)
+            done += 1
+
+    async def _run_job(self, task_id: str) -> bool:
+        """Run the job; returns whether its messages are to be acked (False: back to the queue).
+
+        An outage of the broker or database pauses the job and runs it again from the stored state.
+        """
         outage = 0
         while True:
             job = Job(self.deps, self.provider, self.slots, task_id)
+            self.running[task_id] = job
             try:
                 await job.run()
+                return True
             except asyncio.CancelledError:
                 log.info("job interrupted by shutdown; its message goes back to the queue")
                 raise
+            except HandBack as exc:
+                log.info("handing the task back: %s", exc)
+                return False
             except TaskError as exc:
                 # Raised before the task could be stored as failed (e.g. unknown task): nothing to retry.
                 log.error("dropping lane message: %s", exc.message)
-                await self.broker.dead_letter(
-                    self.deliveries[task_id][-1], exc.code, exc.info().model_dump(mode="json")
-                )
-                await self._settle_all(task_id, ack=True)
-                return
-            except OUTAGE_ERRORS as exc:
+                try:
+                    await self.broker.dead_letter(
+                        self.deliveries[task_id][-1], exc.code, exc.info().model_dump(mode="json")
+                    )
+                except Exception as publish_error:
+                    if not is_outage(publish_error):
+                        raise
+                    return False  # the broker redelivers it, and we decide again
+                return True
+            except Exception as exc:  # noqa: BLE001 - sorted below: an outage, or a bug / poison task
+                if not is_outage(exc):
+                    return await self._crashed(job, exc)
                 outage += 1
-                delay = min(30.0, 0.5 * 2 ** min(outage, 6)) * random.uniform(0.5, 1.0)
+                delay = outage_delay(outage)
                 log.warning(
                     "backing service unavailable (%s: %s); resuming in %.1fs", type(exc).__name__, exc, delay
                 )
                 await asyncio.sleep(delay)
-                continue
-            except Exception as exc:  # noqa: BLE001 - any other failure is a bug or a poison task
-                await self._crashed(job, exc)
-                return
-            await self._settle_all(task_id, ack=True)
-            return
 
-    async def _crashed(self, job: Job, exc: Exception) -> None:
+    async def _crashed(self, job: Job, exc: Exception) -> bool:
         """A bug or a poison task: requeue, and on the last allowed delivery fail the task instead of looping."""
         message = self.deliveries[job.task_id][-1]
         count = (message.headers or {}).get("x-delivery-count", 0)
@@ -153,8 +171,7 @@ class Lane:
             log.exception(
                 "job crashed (delivery %d); the message will be redelivered", deliveries, exc_info=exc
             )
-            await self._settle_all(job.task_id, ack=False)
-            return
+            return False
         log.exception("job crashed on its last allowed delivery; failing the task", exc_info=exc)
         error = ErrorInfo(
             category=ErrorCategory.INTERNAL,
@@ -168,14 +185,6 @@ class Lane:
             await self.broker.dead_letter(message, "crashed", error.model_dump(mode="json"))
         except Exception:
             log.exception("could not record the crash; requeueing")
-            await self._settle_all(job.task_id, ack=False)
-            return
+            return False
         self.deps.metrics.dead_letters.labels("crashed").inc()
-        await self._settle_all(job.task_id, ack=True)
-
-
-def lane_summary(lanes: list[Lane]) -> dict[str, Any]:
-    return {
-        lane.provider.name: {"running": len(lane.jobs), "consuming": lane.consumer_tag is not None}
-        for lane in lanes
-    }
+        return True

@@ -96,6 +96,10 @@ class Leases:
             return True
         return False
 
+    async def holds(self, key: str, holder: str) -> bool:
+        """Whether the lease is still ours (it may have expired and been taken over during an outage)."""
+        return await self.collection.find_one({"_id": key, "holder": holder}) is not None
+
     async def release(self, key: str, holder: str) -> None:
         self.held.pop(key, None)
         await self.collection.delete_one({"_id": key, "holder": holder})

@@ -149,8 +149,12 @@ class ProviderSlots:
         period = RATE_SLACK / per_second
         bucket = math.floor(time.time() / period) + 1
         holder = f"{self.leases.holder_prefix}:{secrets.token_hex(4)}"
+        # A bucket's lease lives until its turn is over, however far ahead it was claimed.
         while not await self.leases.try_acquire(
-            f"{kind}:{self.provider}:{cred.name}:{bucket}", holder, renew=False, ttl_s=period + 1.0
+            f"{kind}:{self.provider}:{cred.name}:{bucket}",
+            holder,
+            renew=False,
+            ttl_s=(bucket + 1) * period - time.time() + 1.0,
         ):
             bucket += 1
         await asyncio.sleep(max(0.0, bucket * period - time.time()))

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     task_timeout_s: float = Field(600.0, gt=0, description="default deadline of a task")
     max_request_bytes: int = Field(256 * 1024, ge=1024)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    retention_days: float = Field(
+        30.0, ge=0, description="finished tasks are deleted after this; 0 keeps them"
+    )
     submit_unknown_policy: Literal["resubmit", "fail"] = Field(
         "resubmit",
         description="a task found submitted without a recorded provider task id: submit again, or fail it",

@@ -73,17 +73,30 @@ class TaskStore:
         return await self.tasks.find_one({"_id": task_id})
 
     async def update(
-        self, task_id: str, fields: dict[str, Any], *, status: Status | None = None
+        self,
+        task_id: str,
+        fields: dict[str, Any],
+        *,
+        status: Status | None = None,
+        inc: dict[str, int] | None = None,
     ) -> TaskDoc | None:
         """Set fields (and record a status change in the history); returns the updated document."""
         now = utcnow()
         update: dict[str, Any] = {"$set": {**fields, "updated_at": now}}
+        if inc:
+            update["$inc"] = inc
         if status is not None:
             update["$set"]["status"] = status.value
             update["$push"] = {"history": {"status": status.value, "at": now}}
         return await self.tasks.find_one_and_update(
             {"_id": task_id}, update, return_document=ReturnDocument.AFTER
         )
+
+    async def purge_finished(self, *, before: datetime) -> int:
+        """Retention: delete tasks that finished before the cutoff (their images stay on disk)."""
+        terminal = [s.value for s in Status if s.terminal]
+        result = await self.tasks.delete_many({"status": {"$in": terminal}, "finished_at": {"$lt": before}})
+        return result.deleted_count
 
     async def next_seq(self, task_id: str) -> int:
         """Allocate the next event sequence number of a task."""

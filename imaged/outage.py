@@ -1,0 +1,33 @@
+"""Telling "the broker or the database is away, or busy" apart from "this task is bad".
+
+An outage is waited out holding the message; anything else is a bug or a poison message and counts against the
+delivery limit.
+"""
+
+from __future__ import annotations
+
+import random
+
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+from pymongo.errors import ConnectionFailure, OperationFailure
+
+# MongoDB codes that mean "try again": interrupted, stepping down, no primary, write conflict.
+_TRANSIENT_CODES = frozenset({91, 112, 189, 10107, 11600, 11602, 13435, 13436})
+
+
+def is_outage(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionFailure, AMQPError, ChannelInvalidStateError, ConnectionError)):
+        return True
+    if isinstance(exc, OperationFailure):
+        # FerretDB on SQLite answers a busy database with a generic error: "database is locked".
+        return (
+            exc.code in _TRANSIENT_CODES
+            or "database is locked" in str(exc)
+            or exc.has_error_label("RetryableWriteError")
+        )
+    return False
+
+
+def outage_delay(attempt: int) -> float:
+    """Backoff while the broker or the database is away: 0.5 s doubling to 30 s, with jitter."""
+    return min(30.0, 0.5 * 2.0 ** min(attempt, 6)) * random.uniform(0.5, 1.0)
