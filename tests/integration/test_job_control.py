@@ -160,3 +160,63 @@ async def test_failing_credential_leaves_rotation(
     assert text == 0
     stats = await sim_stats(sim)
     assert stats["liblibai"]["submits"] == 3
+
+
+async def test_reply_to_into_imaged_queues_is_refused(daemon: Daemon, bus: Bus, simulator: Simulator) -> None:
+    task_id = secrets.token_hex(12)
+    lane_queue = f"{daemon.settings.amqp_prefix}.work.liblibai"
+    await bus.publish(seed_body("star-3-alpha-t2i"), message_id=task_id, reply_to=lane_queue)
+    event = (await bus.wait_terminal([task_id], within=20))[task_id]
+    assert event["status"] == "failed" and event["error"]["code"] == "bad_reply_to"
+    assert "reply_to" in event["error"]["message"]
+    await asyncio.sleep(1.0)  # a reply fed back into the lane would loop and repeat the event
+    assert len(bus.terminal(task_id)) == 1
+    assert (await sim_stats(simulator))["liblibai"]["submits"] == 0
+
+
+@pytest.fixture
+async def one_slot_daemon(
+    namespace: str, tmp_path: Path, simulator: Simulator, bus: Bus
+) -> AsyncIterator[Daemon]:
+    settings = make_settings(namespace, tmp_path / "images", simulator, aliyun_max_in_flight=1)
+    daemon = Daemon(settings, metrics=Metrics())
+    await daemon.start()
+    yield daemon
+    await daemon.stop()
+
+
+async def test_task_canceled_while_waiting_for_a_slot_is_never_submitted(
+    one_slot_daemon: Daemon, bus: Bus, simulator: Simulator
+) -> None:
+    daemon = one_slot_daemon
+    await set_task_seconds(simulator, 30)
+    first, second = secrets.token_hex(12), secrets.token_hex(12)
+    await bus.publish(seed_body("wanx2.1-t2i-turbo"), message_id=first)
+    await wait_status(daemon, first, "processing")
+    await bus.publish(seed_body("wanx2.1-t2i-turbo"), message_id=second)
+    await asyncio.sleep(1.0)  # the second task now waits for the only slot
+    await daemon.store.update(second, {"cancel_requested": True})
+    await daemon.store.update(first, {"cancel_requested": True})  # frees the slot
+    terminal = await bus.wait_terminal([first, second], within=30)
+    assert terminal[second]["status"] == "canceled"
+    assert (await sim_stats(simulator))["aliyun"]["submits"] == 1
+
+
+async def test_retention_removes_old_finished_tasks(daemon: Daemon) -> None:
+    from datetime import timedelta
+
+    from imaged.contract import utcnow
+
+    old = utcnow() - timedelta(days=40)
+    await daemon.store.tasks.insert_many(
+        [
+            {"_id": "old-done", "status": "completed", "finished_at": old},
+            {"_id": "old-running", "status": "processing", "finished_at": None},
+            {"_id": "new-done", "status": "failed", "finished_at": utcnow()},
+        ]
+    )
+    assert await daemon.store.purge_finished(before=utcnow() - timedelta(days=30)) == 1
+    assert await daemon.store.get("old-done") is None
+    assert (
+        await daemon.store.get("old-running") is not None and await daemon.store.get("new-done") is not None
+    )
