@@ -270,7 +270,7 @@ class Daemon:
                             await message.nack(requeue=True)
                         return
                     outage += 1
-                    delay = outage_delay(outage)
+                    delay = outage_delay(outage, exc)
                     log.warning(
                         "waiting for the broker/database (%s); retrying in %.1fs", type(exc).__name__, delay
                     )

@@ -238,7 +238,7 @@ class Job:
                     raise
                 outage += 1
                 log.warning("database unavailable while recording a submission (%s); retrying", exc)
-                await asyncio.sleep(outage_delay(outage))
+                await asyncio.sleep(outage_delay(outage, exc))
                 continue
             if updated is None:
                 raise TaskError(f"task {self.task_id} vanished from the store", code="unknown_task")

@@ -156,7 +156,7 @@ class Lane:
                 if not is_outage(exc):
                     return await self._crashed(job, exc)
                 outage += 1
-                delay = outage_delay(outage)
+                delay = outage_delay(outage, exc)
                 log.warning(
                     "backing service unavailable (%s: %s); resuming in %.1fs", type(exc).__name__, exc, delay
                 )

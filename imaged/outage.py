@@ -15,19 +15,22 @@ from pymongo.errors import ConnectionFailure, OperationFailure
 _TRANSIENT_CODES = frozenset({91, 112, 189, 10107, 11600, 11602, 13435, 13436})
 
 
+def is_busy(exc: BaseException) -> bool:
+    """The database is up but momentarily contended: worth a quick retry, not an outage's patience."""
+    # FerretDB on SQLite answers a busy database with a generic error: "database is locked".
+    return isinstance(exc, OperationFailure) and (exc.code == 112 or "database is locked" in str(exc))
+
+
 def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionFailure, AMQPError, ChannelInvalidStateError, ConnectionError)):
         return True
     if isinstance(exc, OperationFailure):
-        # FerretDB on SQLite answers a busy database with a generic error: "database is locked".
-        return (
-            exc.code in _TRANSIENT_CODES
-            or "database is locked" in str(exc)
-            or exc.has_error_label("RetryableWriteError")
-        )
+        return is_busy(exc) or exc.code in _TRANSIENT_CODES or exc.has_error_label("RetryableWriteError")
     return False
 
 
-def outage_delay(attempt: int) -> float:
-    """Backoff while the broker or the database is away: 0.5 s doubling to 30 s, with jitter."""
+def outage_delay(attempt: int, exc: BaseException | None = None) -> float:
+    """Backoff with jitter: 0.5 s doubling to 30 s while a service is away; 50 ms doubling to 2 s when busy."""
+    if exc is not None and is_busy(exc):
+        return min(2.0, 0.05 * 2.0 ** min(attempt, 6)) * random.uniform(0.5, 1.0)
     return min(30.0, 0.5 * 2.0 ** min(attempt, 6)) * random.uniform(0.5, 1.0)
