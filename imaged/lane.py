@@ -171,6 +171,7 @@ class Lane:
             log.exception(
                 "job crashed (delivery %d); the message will be redelivered", deliveries, exc_info=exc
             )
+            await asyncio.sleep(1.0)  # no hot loop through the delivery limit
             return False
         log.exception("job crashed on its last allowed delivery; failing the task", exc_info=exc)
         error = ErrorInfo(
