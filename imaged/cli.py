@@ -78,7 +78,7 @@ def _configure(ctx: click.Context, settings: Settings) -> None:
 SIM_BANNER = """
 ************************************************************************************
 *  SIMULATION MODE: no provider keys are in use. Requests go to imaged's built-in  *
-*  provider emulator at {url:<57}*
+*  provider emulator at {url:<59}*
 *  and the images are generated test patterns, not real model output.             *
 ************************************************************************************"""
 
