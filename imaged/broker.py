@@ -5,8 +5,10 @@ Every publish here waits for the broker's confirm, so "published" means "the bro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,3 +208,64 @@ async def settle(message: AbstractIncomingMessage, *, ack: bool) -> None:
             await message.nack(requeue=True)
     except (ChannelInvalidStateError, AMQPError, RuntimeError) as exc:
         log.warning("could not settle message (channel gone, it will be redelivered): %s", exc)
+
+
+class Consumer:
+    """Consumption of one queue that comes back when the broker cancels it.
+
+    The broker cancels a consumer when its queue is deleted or a quorum queue loses its leader, and aio-pika does
+    not always restore it: ``ensure`` (called periodically) declares the topology again and re-consumes.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        channel: AbstractChannel,
+        queue_name: str,
+        callback: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        providers: list[str],
+    ) -> None:
+        self.broker = broker
+        self.channel = channel
+        self.queue_name = queue_name
+        self.callback = callback
+        self.providers = providers
+        self.queue: AbstractQueue | None = None
+        self.tag: str | None = None
+        self._missing = 0
+
+    async def start(self) -> None:
+        self.queue = await self.channel.get_queue(self.queue_name)
+        self.tag = await self.queue.consume(self.callback)
+
+    @property
+    def active(self) -> bool:
+        return self.tag is not None
+
+    async def ensure(self) -> None:
+        """Consume again if the broker cancelled this consumer.
+
+        Acts only when the consumer is missing on two checks in a row: aio-pika restores consumers itself after
+        a reconnect, and a second consumer on the same queue must not be added while it does.
+        """
+        if self.tag is None or self.channel.is_closed:
+            return
+        underlay = await asyncio.wait_for(self.channel.get_underlay_channel(), 5)
+        if self.tag in getattr(underlay, "consumers", {self.tag: None}):
+            self._missing = 0
+            return
+        self._missing += 1
+        if self._missing < 2:
+            return
+        log.warning("the broker cancelled the consumer of %s; consuming again", self.queue_name)
+        await self.broker.declare(self.channel, self.providers)
+        await self.start()
+        self._missing = 0
+
+    async def cancel(self) -> None:
+        if self.queue is not None and self.tag is not None:
+            tag, self.tag = self.tag, None
+            try:
+                await self.queue.cancel(tag)
+            except (AMQPError, ChannelInvalidStateError, RuntimeError) as exc:
+                log.warning("could not cancel the consumer of %s: %s", self.queue_name, exc)

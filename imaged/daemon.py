@@ -14,11 +14,11 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiohttp import web
 
 from .api import create_app
-from .broker import Broker, Topology
+from .broker import Broker, Consumer, Topology
 from .catalog import Catalog
 from .contract import Status, utcnow
 from .deadletters import DeadLetterWatcher
@@ -65,7 +65,7 @@ class Daemon:
         self.session: aiohttp.ClientSession | None = None
         self.intake: Intake | None = None
         self._intake_channel: AbstractChannel | None = None
-        self._consumers: list[tuple[AbstractQueue, str]] = []  # intake and dead-letter watcher
+        self._consumers: list[Consumer] = []  # intake and dead-letter watcher
         self._runner: web.AppRunner | None = None
         self.http_url: str | None = None
 
@@ -120,7 +120,7 @@ class Daemon:
                 metrics=self.metrics,
             )
             lane = Lane(provider, self.broker, deps, slots)
-            await lane.start()
+            await lane.start(list(self.providers))
             self.lanes.append(lane)
 
         self.intake = Intake(s, self.broker, self.store, events, self.catalog, self.providers, self.metrics)
@@ -130,9 +130,15 @@ class Daemon:
             (self.topology.requests, self.intake.handle),
             (self.topology.dead_watch, watcher.handle),
         ):
-            queue = await self._intake_channel.get_queue(queue_name)
-            tag = await queue.consume(self._outage_tolerant(handler))
-            self._consumers.append((queue, tag))
+            consumer = Consumer(
+                self.broker,
+                self._intake_channel,
+                queue_name,
+                self._outage_tolerant(handler),
+                list(self.providers),
+            )
+            await consumer.start()
+            self._consumers.append(consumer)
 
         assert self._runner is not None
         site = web.TCPSite(self._runner, s.http_host, s.http_port)
@@ -150,11 +156,8 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop consuming, let jobs finish within the grace period, then close everything in reverse order."""
-        for queue, tag in self._consumers:
-            try:
-                await queue.cancel(tag)
-            except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
-                log.warning("could not cancel the consumer of %s: %s", queue.name, exc)
+        for consumer in self._consumers:
+            await consumer.cancel()
         self._consumers.clear()
         self._draining.set()
         for lane in self.lanes:
@@ -218,9 +221,15 @@ class Daemon:
             log.info("removed %d partial download(s) left by a crash", removed)
 
     async def _watch_connections(self) -> None:
-        """Keep the broker and database connection gauges current, whether or not anyone asks for readiness."""
+        """Keep the connection gauges current, and consume again where the broker cancelled a consumer."""
         while not self._stopping.is_set():
             try:
+                if not self._draining.is_set():
+                    for consumer in [
+                        *self._consumers,
+                        *(lane.consumer for lane in self.lanes if lane.consumer),
+                    ]:
+                        await consumer.ensure()
                 await self.readiness()
             except Exception:
                 log.exception("connection check failed")
@@ -295,7 +304,7 @@ class Daemon:
             db_ok = await asyncio.wait_for(self.store.ping(), timeout=2.0)
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             db_ok = False
-        consumers_ok = bool(self._consumers) and all(lane.consumer_tag for lane in self.lanes)
+        consumers_ok = bool(self._consumers) and all(lane.consuming for lane in self.lanes)
         self.metrics.connection_up.labels("broker").set(int(broker_ok))
         self.metrics.connection_up.labels("database").set(int(db_ok))
         return {

@@ -10,10 +10,9 @@ import asyncio
 import json
 import logging
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from .broker import Broker, settle
+from .broker import Broker, Consumer, settle
 from .contract import ErrorCategory, ErrorInfo, Status
 from .errors import HandBack, TaskError
 from .job import Job, JobDeps
@@ -41,22 +40,21 @@ class Lane:
         self.deliveries: dict[str, list[AbstractIncomingMessage]] = {}
         self.running: dict[str, Job] = {}
         self.channel: AbstractChannel | None = None
-        self.queue: AbstractQueue | None = None
-        self.consumer_tag: str | None = None
+        self.consumer: Consumer | None = None
 
-    async def start(self) -> None:
+    async def start(self, providers: list[str]) -> None:
         self.channel = await self.broker.open_consumer_channel(prefetch=self.slots.capacity)
-        self.queue = await self.channel.get_queue(self.queue_name)
-        self.consumer_tag = await self.queue.consume(self.on_message)
+        self.consumer = Consumer(self.broker, self.channel, self.queue_name, self.on_message, providers)
+        await self.consumer.start()
         log.info("lane %s consuming (%d slots)", self.provider.name, self.slots.capacity)
 
+    @property
+    def consuming(self) -> bool:
+        return self.consumer is not None and self.consumer.active
+
     async def stop_consuming(self) -> None:
-        if self.queue is not None and self.consumer_tag is not None:
-            try:
-                await self.queue.cancel(self.consumer_tag)
-            except (AMQPError, ChannelInvalidStateError, RuntimeError) as exc:
-                log.warning("could not cancel lane consumer: %s", exc)
-            self.consumer_tag = None
+        if self.consumer is not None:
+            await self.consumer.cancel()
 
     async def drain(self, grace_s: float) -> None:
         """Let running jobs finish within the grace period, then hand the rest back (their messages stay unacked).
