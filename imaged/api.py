@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("authenticator")
 LIMITER_KEY: web.AppKey[RateLimiter] = web.AppKey("create_limiter")
+AUTH_FAILURES_KEY: web.AppKey[RateLimiter] = web.AppKey("auth_failures")
 HTTP_REQUESTS_KEY: web.AppKey[Counter] = web.AppKey("http_requests")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -189,9 +190,19 @@ def model_view(daemon: Daemon) -> list[dict[str, Any]]:
 
 
 async def authenticate(request: web.Request) -> Principal:
+    # A client that keeps failing is slowed down before its guesses cost a database lookup each.
+    failures = request.app[AUTH_FAILURES_KEY]
+    client = request.remote or "unknown"
+    wait_s = failures.exhausted(client)
+    if wait_s > 0:
+        retry_after = str(max(1, math.ceil(wait_s)))
+        raise ApiError(
+            429, "too many failed authentication attempts: slow down", {"Retry-After": retry_after}
+        )
     try:
         return await request.app[AUTH_KEY].authenticate(request.headers.get("Authorization"))
     except AuthError as exc:
+        failures.take(client)
         log.info(
             "HTTP authentication failed: %s (%s %s from %s)",
             exc,
@@ -412,6 +423,7 @@ def create_app(daemon: Daemon) -> web.Application:
     app[DAEMON_KEY] = daemon
     app[AUTH_KEY] = Authenticator(s, ApiKeys(daemon.store.db["api_keys"]))
     app[LIMITER_KEY] = RateLimiter(s.create_rate_per_s, s.create_burst)
+    app[AUTH_FAILURES_KEY] = RateLimiter(s.auth_failures_per_s, s.auth_failures_burst)
     app[HTTP_REQUESTS_KEY] = Counter(
         "imaged_http_requests_total",
         "HTTP requests by method, route and status code",

@@ -418,6 +418,14 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
 
+    def exhausted(self, key: str) -> float:
+        """Without taking a token: 0 if one is available, else the seconds until one is."""
+        if self.rate <= 0:
+            return 0.0
+        tokens, last = self._buckets.get(key, (self.burst, self._clock()))
+        tokens = min(self.burst, tokens + (self._clock() - last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def _prune(self, now: float) -> None:
         if len(self._buckets) <= 10_000:
             return

@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         5.0, ge=0, description="task creations per second per tenant (0: no limit)"
     )
     create_burst: int = Field(20, ge=1, description="task creations a tenant may make at once")
+    auth_failures_per_s: float = Field(
+        5.0, ge=0, description="failed authentications allowed per second per client address (0: no limit)"
+    )
+    auth_failures_burst: int = Field(
+        100, ge=1, description="failed authentications a client address may make at once"
+    )
 
     def has_provider_keys(self) -> bool:
         return self.aliyun_api_key is not None or (
