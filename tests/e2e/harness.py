@@ -216,6 +216,7 @@ class Tally:
     duplicate_terminal_ids: int
     submissions: int
     leftover_partials: int
+    secret_leaks: int
     extra: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -236,4 +237,13 @@ async def tally(name: str, cluster: Cluster, bus: Bus, task_ids: list[str], **ex
     stats = cluster.simulator.stats()["providers"]
     submissions = sum(int(p["submits"]) for p in stats.values())
     partials = leftover_parts(cluster.image_dir)
-    return Tally(name, len(task_ids), len(lost), len(duplicates), submissions, len(partials), extra)
+    leaks = secret_leaks(cluster, bus)
+    return Tally(name, len(task_ids), len(lost), len(duplicates), submissions, len(partials), leaks, extra)
+
+
+def secret_leaks(cluster: Cluster, bus: Bus) -> int:
+    """How many daemon logs and events mention a provider secret (there must be none)."""
+    secrets = [cluster.config.dashscope_api_key, cluster.config.liblib_secret_key]
+    texts = [d.log_path.read_text(errors="replace") for d in cluster.daemons if d.log_path.exists()]
+    texts += [json.dumps(events) for events in bus.events.values()]
+    return sum(1 for text in texts for secret in secrets if secret in text)

@@ -49,7 +49,7 @@ async def wait_all(bus: Bus, cluster: Cluster, ids: list[str], within: float) ->
 async def test_r1_kill9_during_run(
     make_cluster: MakeCluster, bus: Bus, report: Report, long_run: bool
 ) -> None:
-    n, planned_kills = (300, 25) if long_run else (30, 4)
+    n, planned_kills = (300, 25) if long_run else (60, 4)
     cluster = await make_cluster(lifted_limits(1.0), **FAST)
     daemon = await cluster.spawn()
     ids = await publish_tasks(bus, mixed(n))
@@ -63,7 +63,12 @@ async def test_r1_kill9_during_run(
     assert await daemon.terminate() == 0
     result = await tally("R1", cluster, bus, ids, kills=kills)
     report(result.line())
-    assert result.lost == 0 and result.duplicate_terminal_ids == 0 and result.leftover_partials == 0
+    assert (
+        result.lost == 0
+        and result.duplicate_terminal_ids == 0
+        and result.secret_leaks == 0
+        and result.leftover_partials == 0
+    )
     # Each kill can land between a provider's reply and its write at most once.
     assert result.tasks <= result.submissions <= result.tasks + kills
     assert {e["status"] for t in ids for e in bus.terminal(t)} == {"completed"}
@@ -85,7 +90,12 @@ async def test_r2_r3_service_restart_mid_run(
     assert await daemon.terminate() == 0
     result = await tally(run, cluster, bus, ids)
     report(result.line())
-    assert result.lost == 0 and result.duplicate_terminal_ids == 0 and result.leftover_partials == 0
+    assert (
+        result.lost == 0
+        and result.duplicate_terminal_ids == 0
+        and result.secret_leaks == 0
+        and result.leftover_partials == 0
+    )
     assert result.submissions == result.tasks
     assert {e["status"] for t in ids for e in bus.terminal(t)} == {"completed"}
 
@@ -135,7 +145,12 @@ async def test_r4_provider_faults(
     }
     result = await tally("R4", cluster, bus, ids, outcomes=categories, injected=hits, codes=sorted(codes))
     report(result.line())
-    assert result.lost == 0 and result.duplicate_terminal_ids == 0 and result.leftover_partials == 0
+    assert (
+        result.lost == 0
+        and result.duplicate_terminal_ids == 0
+        and result.secret_leaks == 0
+        and result.leftover_partials == 0
+    )
     # Every outcome fault shows as its own category; every transient fault was retried away.
     assert categories.get("content_policy", 0) == hits["moderation"]
     assert categories.get("timeout", 0) == hits["status7"]
@@ -174,7 +189,7 @@ async def test_r5_malformed_messages(
     result = await tally("R5", cluster, bus, good_ids, bad_sent=len(bad), dead_lettered=dead)
     report(result.line())
     assert dead == len(bad)
-    assert result.lost == 0 and result.duplicate_terminal_ids == 0
+    assert result.lost == 0 and result.duplicate_terminal_ids == 0 and result.secret_leaks == 0
     assert {bus.terminal(t)[0]["status"] for t in good_ids} == {"completed"}
     for task_id in known_ids:
         event = bus.terminal(task_id)[0]
@@ -201,7 +216,12 @@ async def test_r6_sigterm_hands_work_back(
     report(result.line())
     assert codes == [0, 0]
     assert handed_back > 0
-    assert result.lost == 0 and result.duplicate_terminal_ids == 0 and result.leftover_partials == 0
+    assert (
+        result.lost == 0
+        and result.duplicate_terminal_ids == 0
+        and result.secret_leaks == 0
+        and result.leftover_partials == 0
+    )
     assert result.submissions == result.tasks  # handed-back tasks resumed polling, never resubmitted
 
 
@@ -233,4 +253,4 @@ async def test_r7_three_replicas_share_the_cap(
     assert stats["max_concurrent"] <= 5
     assert stats["concurrency_limit_hits"] == 0
     assert result.submissions == result.tasks
-    assert result.lost == 0 and result.duplicate_terminal_ids == 0
+    assert result.lost == 0 and result.duplicate_terminal_ids == 0 and result.secret_leaks == 0
