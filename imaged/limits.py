@@ -136,9 +136,14 @@ class ProviderSlots:
                 await asyncio.wait_for(self._released.wait(), delay * (0.5 + secrets.randbelow(1000) / 1000))
             delay = min(delay * 1.5, 2.0)
         cred, key = got
+        gauge = self.metrics.slots_in_use.labels(self.provider, cred.name) if self.metrics else None
+        if gauge is not None:
+            gauge.inc()
         try:
             yield cred
         finally:
+            if gauge is not None:
+                gauge.dec()
             await asyncio.shield(self.leases.release_quietly(key, holder))
             self._released.set()
 

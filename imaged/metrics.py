@@ -70,6 +70,12 @@ class Metrics:
             ["provider", "policy"],
             registry=r,
         )
+        self.slots_in_use = Gauge(
+            "imaged_provider_slots_in_use",
+            "Provider slots this process holds, per credential (tasks at the provider)",
+            ["provider", "credential"],
+            registry=r,
+        )
         self.credential_up = Gauge(
             "imaged_credential_up",
             "Whether a provider credential is in rotation (1) or out after auth/quota errors (0)",

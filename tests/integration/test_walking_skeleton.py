@@ -103,6 +103,7 @@ async def test_health_and_metrics(daemon: Daemon, bus: Bus) -> None:
     assert 'imaged_tasks_total{model="star-3-alpha-t2i",provider="liblibai",status="completed"} 1.0' in text
     assert "imaged_task_duration_seconds_bucket" in text
     assert "imaged_tasks_in_flight" in text
+    assert "imaged_provider_slots_in_use" in text
 
 
 async def test_redelivered_request_makes_one_task(daemon: Daemon, bus: Bus) -> None:
