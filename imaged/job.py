@@ -171,9 +171,9 @@ class Job:
 
     async def _submit(self, doc: TaskDoc, spec: ModelSpec, cred: Credential) -> TaskDoc:
         d = self.deps
-        # Set while a submit is under way; cleared when the provider's answer was a definite "no".
+        # A stored marker means an earlier submit may have reached the provider; it is set just before each
+        # request and cleared when the provider's answer was a definite "no".
         ambiguous = bool(doc.get("submit_started_at"))
-        await d.store.update(self.task_id, {"submit_started_at": utcnow(), "credential": cred.name})
         params = doc["parameters"]
 
         async def submit_once() -> str:
@@ -182,6 +182,7 @@ class Job:
             if ambiguous:
                 self._submit_unknown()
             await self.slots.before_submit(cred)
+            await d.store.update(self.task_id, {"submit_started_at": utcnow(), "credential": cred.name})
             self.outside_submit.clear()
             try:
                 return await self.provider.submit(cred, spec, params)

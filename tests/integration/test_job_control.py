@@ -220,3 +220,31 @@ async def test_retention_removes_old_finished_tasks(daemon: Daemon) -> None:
     assert (
         await daemon.store.get("old-running") is not None and await daemon.store.get("new-done") is not None
     )
+
+
+@pytest.mark.parametrize("policy", ["resubmit", "fail"])
+async def test_submit_unknown_policy(
+    namespace: str, tmp_path: Path, simulator: Simulator, bus: Bus, policy: str
+) -> None:
+    # The provider creates the task but its reply is lost: imaged cannot know, and the policy decides.
+    fault = {"provider": "liblibai", "stage": "submit", "kind": "reset", "phase": "after", "count": 1}
+    async with aiohttp.ClientSession() as http, http.post(f"{simulator.url}/_sim/faults", json=fault) as resp:
+        assert resp.status == 200, await resp.text()
+    settings = make_settings(namespace, tmp_path / "images", simulator, submit_unknown_policy=policy)
+    daemon = Daemon(settings, metrics=Metrics())
+    await daemon.start()
+    try:
+        task_id = secrets.token_hex(12)
+        await bus.publish(seed_body("star-3-alpha-t2i"), message_id=task_id)
+        event = (await bus.wait_terminal([task_id], within=30))[task_id]
+        counted = daemon.metrics.registry.get_sample_value(
+            "imaged_submit_unknown_total", {"provider": "liblibai", "policy": policy}
+        )
+    finally:
+        await daemon.stop()
+    assert counted == 1
+    submits = (await sim_stats(simulator))["liblibai"]["submits"]
+    if policy == "resubmit":
+        assert event["status"] == "completed" and submits == 2  # paid twice, and counted
+    else:
+        assert event["status"] == "failed" and event["error"]["category"] == "submit_unknown" and submits == 1
