@@ -172,18 +172,14 @@ def simulate(
 
     settings = load_settings()
     _configure(ctx, settings)
-    config = SimulatorConfig(
+    make_config = SimulatorConfig.without_limits if no_limits else SimulatorConfig
+    config = make_config(
         dashscope_api_key=dashscope_key,
         liblib_access_key=access_key,
         liblib_secret_key=secret_key,
         task_seconds=task_seconds,
         public_url=public_url,
     )
-    if no_limits:
-        config.liblib_concurrency_limit = None
-        config.liblib_submit_per_second = None
-        config.dashscope_concurrency_limit = None
-        config.dashscope_submit_per_second = None
     click.echo(
         f"emulator: DashScope at http://{host}:{port}/api/v1, LiblibAI at http://{host}:{port}", err=True
     )

@@ -48,6 +48,17 @@ class SimulatorConfig:
     image_fill: Literal["solid", "noise"] = "solid"
     """"solid" images compress to a few KB; "noise" images are incompressible (about 3 bytes per pixel)."""
 
+    @classmethod
+    def without_limits(cls, **values: Any) -> SimulatorConfig:
+        """A config with every provider concurrency and rate limit lifted (benchmarks, tests not about limits)."""
+        return cls(
+            liblib_concurrency_limit=None,
+            liblib_submit_per_second=None,
+            dashscope_concurrency_limit=None,
+            dashscope_submit_per_second=None,
+            **values,
+        )
+
     def __post_init__(self) -> None:
         if self.task_seconds < 0 or self.jitter_seconds < 0:
             raise ValueError("task_seconds and jitter_seconds must be >= 0")

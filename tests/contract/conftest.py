@@ -26,15 +26,7 @@ _CLASSES: dict[str, type[Provider]] = {"aliyun": AliyunProvider, "liblibai": Lib
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     """Short tasks, no jitter, and every rate and concurrency limit lifted (the limit scenarios set them)."""
-    simulator = Simulator(
-        SimulatorConfig(
-            task_seconds=TASK_SECONDS,
-            liblib_concurrency_limit=None,
-            liblib_submit_per_second=None,
-            dashscope_concurrency_limit=None,
-            dashscope_submit_per_second=None,
-        )
-    )
+    simulator = Simulator(SimulatorConfig.without_limits(task_seconds=TASK_SECONDS))
     await simulator.start()
     try:
         yield simulator

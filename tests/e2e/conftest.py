@@ -31,13 +31,7 @@ def report(request: pytest.FixtureRequest) -> Report:
 
 
 def lifted_limits(task_seconds: float) -> SimulatorConfig:
-    return SimulatorConfig(
-        task_seconds=task_seconds,
-        liblib_concurrency_limit=None,
-        liblib_submit_per_second=None,
-        dashscope_concurrency_limit=None,
-        dashscope_submit_per_second=None,
-    )
+    return SimulatorConfig.without_limits(task_seconds=task_seconds)
 
 
 @pytest.fixture

@@ -30,15 +30,7 @@ STAR3_TEMPLATE = "5d7e67009b344550bc1aa6ccbfa1d7f4"
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     """An emulator with short tasks and the rate and concurrency limits lifted (tests that need them set them)."""
-    simulator = Simulator(
-        SimulatorConfig(
-            task_seconds=0.2,
-            liblib_concurrency_limit=None,
-            liblib_submit_per_second=None,
-            dashscope_concurrency_limit=None,
-            dashscope_submit_per_second=None,
-        )
-    )
+    simulator = Simulator(SimulatorConfig.without_limits(task_seconds=0.2))
     await simulator.start()
     try:
         yield simulator
