@@ -34,7 +34,8 @@ from .contract import Status
 from .errors import ConfigError
 from .providers.registry import available_providers
 from .settings import Settings
-from .store import TaskDoc, TaskStore
+from .store import MongoTaskStore
+from .task import Task
 
 T = TypeVar("T")
 
@@ -157,8 +158,8 @@ def fail(message: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[TaskStore]:
-    store = TaskStore.connect(
+async def open_store(settings: Settings) -> AsyncIterator[MongoTaskStore]:
+    store = MongoTaskStore.connect(
         settings.mongodb_url.get_secret_value(), settings.mongodb_db, timeout_ms=int(CONNECT_TIMEOUT_S * 1000)
     )
     try:
@@ -184,18 +185,18 @@ async def _guard(settings: Settings, coro: Awaitable[T]) -> T:
 # -- tasks ----------------------------------------------------------------------------------------------------------
 
 
-async def _get_task(settings: Settings, task_id: str) -> TaskDoc | None:
+async def _get_task(settings: Settings, task_id: str) -> Task | None:
     async with open_store(settings) as store:
         return await _guard(settings, store.get(task_id))
 
 
 async def show_status(settings: Settings, task_id: str, as_json: bool) -> int:
-    doc = await _get_task(settings, task_id)
-    if doc is None:
+    task = await _get_task(settings, task_id)
+    if task is None:
         fail(f"no task {task_id}")
         return EXIT_NOT_FOUND
-    view = status_view(doc)
-    view["owner"] = doc.get("owner")
+    view = status_view(task)
+    view["owner"] = task.owner
     if as_json:
         echo_json(view)
     else:
@@ -204,16 +205,16 @@ async def show_status(settings: Settings, task_id: str, as_json: bool) -> int:
 
 
 async def show_result(settings: Settings, task_id: str, as_json: bool) -> int:
-    doc = await _get_task(settings, task_id)
-    if doc is None:
+    task = await _get_task(settings, task_id)
+    if task is None:
         fail(f"no task {task_id}")
         return EXIT_NOT_FOUND
-    view = result_view(doc)
-    status = Status(doc["status"])
+    view = result_view(task)
+    status = task.status
     if as_json:
         echo_json(view)
     else:
-        click.echo(f"task {doc['_id']}: {status.value}")
+        click.echo(f"task {task.id}: {status.value}")
         if view["error"]:
             err = view["error"]
             click.echo(f"error: {err.get('category')} ({err.get('code')}): {err.get('message')}")
@@ -232,11 +233,11 @@ async def list_tasks(
     settings: Settings, *, status: str | None, owner: str | None, limit: int, offset: int, as_json: bool
 ) -> int:
     async with open_store(settings) as store:
-        docs: list[TaskDoc] = await _guard(
+        tasks: list[Task] = await _guard(
             settings, store.list(owner=owner, status=status, limit=limit, skip=offset)
         )
         total: int = await _guard(settings, store.count(owner=owner, status=status))
-    rows = [{**status_view(doc), "owner": doc.get("owner")} for doc in docs]
+    rows = [{**status_view(task), "owner": task.owner} for task in tasks]
     if as_json:
         echo_json({"tasks": rows, "total": total, "limit": limit, "offset": offset})
         return EXIT_OK
@@ -261,24 +262,46 @@ async def list_tasks(
 
 async def cancel_task(settings: Settings, task_id: str, as_json: bool) -> int:
     async with open_store(settings) as store:
-        doc: TaskDoc | None = await _guard(settings, store.get(task_id))
-        if doc is None:
+        task: Task | None = await _guard(settings, store.get(task_id))
+        if task is None:
             fail(f"no task {task_id}")
             return EXIT_NOT_FOUND
-        if Status(doc["status"]).terminal:
-            fail(f"task {task_id} is already {doc['status']}: nothing to cancel")
+        if task.terminal:
+            fail(f"task {task_id} is already {task.status.value}: nothing to cancel")
             return EXIT_CONFLICT
-        updated: TaskDoc | None = await _guard(settings, store.request_cancel(task_id))
+        updated: Task | None = await _guard(settings, store.request_cancel(task_id))
     if updated is None:
         fail(f"no task {task_id}")
         return EXIT_NOT_FOUND
+    await _broadcast_cancel(settings, task_id)
     if as_json:
         echo_json(status_view(updated))
     else:
         click.echo(
-            f"cancel requested for task {task_id} (status {updated['status']}); the daemon ends it shortly"
+            f"cancel requested for task {task_id} (status {updated.status.value}); the daemon ends it shortly"
         )
     return EXIT_OK
+
+
+async def _broadcast_cancel(settings: Settings, task_id: str) -> None:
+    """Tell the running job, wherever it is (the stored flag alone reaches it only within a minute)."""
+    topology = Topology.from_settings(settings)
+    try:
+        connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=CONNECT_TIMEOUT_S)
+    except (OSError, aio_pika.exceptions.AMQPError):
+        click.echo("warning: broker unavailable; the daemon notices the cancel within a minute", err=True)
+        return
+    try:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            topology.control, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        await exchange.publish(
+            aio_pika.Message(json.dumps({"cancel": task_id}).encode(), content_type="application/json"),
+            routing_key="",
+        )
+    finally:
+        await connection.close()
 
 
 # -- models ---------------------------------------------------------------------------------------------------------

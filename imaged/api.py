@@ -37,7 +37,7 @@ from .contract import Request, Status, is_valid_task_id, new_task_id
 from .errors import ConfigError, InvalidRequest
 from .intake import describe_validation_error
 from .openapi import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, LIST_MAX_OFFSET, openapi_document
-from .store import TaskDoc
+from .task import Task
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -146,26 +146,26 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 # -- views ----------------------------------------------------------------------------------------------------------
 
 
-def status_view(doc: TaskDoc) -> dict[str, Any]:
+def status_view(task: Task) -> dict[str, Any]:
     return {
-        "task_id": doc["_id"],
-        "status": doc["status"],
-        "progress": doc.get("progress", 0.0),
-        "model": doc.get("model"),
-        "provider": doc.get("provider"),
-        "created_at": doc.get("created_at"),
-        "updated_at": doc.get("updated_at"),
-        "cancel_requested": bool(doc.get("cancel_requested")),
-        "error": doc.get("error"),
+        "task_id": task.id,
+        "status": task.status.value,
+        "progress": task.progress,
+        "model": task.model,
+        "provider": task.provider,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "cancel_requested": task.cancel_requested,
+        "error": task.error,
     }
 
 
-def result_view(doc: TaskDoc) -> dict[str, Any]:
+def result_view(task: Task) -> dict[str, Any]:
     return {
-        "task_id": doc["_id"],
-        "status": doc["status"],
-        "result": doc.get("result"),
-        "error": doc.get("error"),
+        "task_id": task.id,
+        "status": task.status.value,
+        "result": task.result,
+        "error": task.error,
     }
 
 
@@ -213,13 +213,13 @@ async def authenticate(request: web.Request) -> Principal:
         raise ApiError(401, str(exc), {"WWW-Authenticate": 'Bearer realm="imaged"'}) from None
 
 
-async def load_task(request: web.Request, who: Principal) -> TaskDoc:
+async def load_task(request: web.Request, who: Principal) -> Task:
     """The task named in the path, if the caller may see it; anything else is 404 (never 403: ids do not leak)."""
     task_id = request.match_info["task_id"]
-    doc = await request.app[DAEMON_KEY].store.get(task_id) if is_valid_task_id(task_id) else None
-    if doc is None or not who.can_see(doc):
+    task = await request.app[DAEMON_KEY].store.get(task_id) if is_valid_task_id(task_id) else None
+    if task is None or not who.can_see(task.owner):
         raise ApiError(404, f"任务不存在 (task not found): {task_id[:64]}")
-    return doc
+    return task
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -313,7 +313,7 @@ async def create_task(request: web.Request) -> web.Response:
         return error(422, exc.message)
     task_id = req.task_id or new_task_id()
     existing = await daemon.store.get(task_id) if req.task_id else None
-    if existing is not None and not who.can_see(existing):
+    if existing is not None and not who.can_see(existing.owner):
         return error(409, f"task_id {task_id!r} is already in use: choose another one")
     if existing is None:
         data["task_id"] = task_id
@@ -322,12 +322,12 @@ async def create_task(request: web.Request) -> web.Response:
         if existing is not None:
             return envelope(status_view(existing), "任务已存在 (task exists already)")
         return envelope({"task_id": task_id, "status": Status.PENDING.value}, "任务创建成功")
-    doc = await daemon.wait_for_terminal(task_id, daemon.settings.sync_wait_s)
-    if doc is None:
+    task = await daemon.wait_for_terminal(task_id, daemon.settings.sync_wait_s)
+    if task is None:
         return envelope({"task_id": task_id, "status": Status.PENDING.value}, "任务已创建，结果尚未就绪")
-    if not who.can_see(doc):
+    if not who.can_see(task.owner):
         return error(409, f"task_id {task_id!r} is already in use: choose another one")
-    return envelope(result_view(doc), "任务完成" if doc["status"] == Status.COMPLETED.value else "任务失败")
+    return envelope(result_view(task), "任务完成" if task.status is Status.COMPLETED else "任务失败")
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -338,15 +338,15 @@ async def list_tasks(request: web.Request) -> web.Response:
         raise ApiError(400, f"status: expected one of {', '.join(s.value for s in Status)}")
     limit = _int_query(request, "limit", LIST_DEFAULT_LIMIT, 1, LIST_MAX_LIMIT)
     offset = _int_query(request, "offset", 0, 0, LIST_MAX_OFFSET)
-    docs = await daemon.store.list(owner=who.tenant, status=status, limit=limit, skip=offset)
+    tasks = await daemon.store.list(owner=who.tenant, status=status, limit=limit, skip=offset)
     total = await daemon.store.count(owner=who.tenant, status=status)
-    following = offset + len(docs)
+    following = offset + len(tasks)
     results = {
-        "tasks": [status_view(doc) for doc in docs],
+        "tasks": [status_view(task) for task in tasks],
         "total": total,
         "limit": limit,
         "offset": offset,
-        "next_offset": following if following < total and docs else None,
+        "next_offset": following if following < total and tasks else None,
     }
     return envelope(results, "获取任务列表成功")
 
@@ -363,12 +363,12 @@ async def get_result(request: web.Request) -> web.Response:
 
 async def cancel_task(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
-    doc = await load_task(request, await authenticate(request))
-    if Status(doc["status"]).terminal:
-        return error(409, f"task {doc['_id']} is already {doc['status']}: nothing to cancel")
-    updated = await daemon.store.request_cancel(doc["_id"])
+    task = await load_task(request, await authenticate(request))
+    if task.terminal:
+        return error(409, f"task {task.id} is already {task.status.value}: nothing to cancel")
+    updated = await daemon.cancel(task.id)
     if updated is None:  # deleted meanwhile
-        raise ApiError(404, f"任务不存在 (task not found): {doc['_id']}")
+        raise ApiError(404, f"任务不存在 (task not found): {task.id}")
     return envelope(status_view(updated), "已请求取消任务 (cancel requested)", status=202)
 
 

@@ -104,8 +104,9 @@ class Principal:
     tenant: str | None
     via: str  # "api_key", "jwt" or "open"
 
-    def can_see(self, doc: Mapping[str, Any]) -> bool:
-        return self.tenant is None or doc.get("owner") == self.tenant
+    def can_see(self, owner: str | None) -> bool:
+        """Whether a task with this owner is visible to the caller."""
+        return self.tenant is None or owner == self.tenant
 
     @property
     def rate_key(self) -> str:

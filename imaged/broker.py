@@ -26,6 +26,10 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: set on a lane message that intake forwards again for a task it had recorded already: the job must expect a
+#: task another run may have started
+RESUME_HEADER = "x-imaged-resume"
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -51,6 +55,11 @@ class Topology:
     @property
     def events(self) -> str:
         return f"{self.prefix}.events"
+
+    @property
+    def control(self) -> str:
+        """Fanout exchange: cancel requests broadcast to every replica."""
+        return f"{self.prefix}.control"
 
     @property
     def dlx(self) -> str:
@@ -101,6 +110,7 @@ class Broker:
         """Declare exchanges and queues (idempotent). Returns the queues by name."""
         t = self.topology
         await channel.declare_exchange(t.events, aio_pika.ExchangeType.TOPIC, durable=True)
+        await channel.declare_exchange(t.control, aio_pika.ExchangeType.FANOUT, durable=True)
         dlx = await channel.declare_exchange(t.dlx, aio_pika.ExchangeType.FANOUT, durable=True)
         queues: dict[str, AbstractQueue] = {}
         for name in (t.dead, t.dead_watch):
@@ -178,6 +188,23 @@ class Broker:
             ),
             routing_key=queue,
         )
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        """Broadcast a control message (e.g. ``{"cancel": task_id}``) to every replica."""
+        channel = self._require_channel()
+        exchange = await channel.get_exchange(self.topology.control, ensure=False)
+        await exchange.publish(
+            aio_pika.Message(json.dumps(message).encode(), content_type="application/json"), routing_key=""
+        )
+
+    async def consume_control(
+        self, channel: AbstractChannel, callback: Callable[[AbstractIncomingMessage], Awaitable[None]]
+    ) -> AbstractQueue:
+        """This replica's own queue on the control exchange (server-named, gone when the connection is)."""
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(self.topology.control)
+        await queue.consume(callback, no_ack=True)
+        return queue
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, error: dict[str, Any]) -> None:
         """Copy a message to the dead-letter exchange with the reason, before the caller acks the original."""

@@ -199,13 +199,15 @@ def setup(ctx: click.Context) -> None:
 async def _setup(settings: Settings) -> None:
     from .broker import Broker, Topology
     from .catalog import Catalog
-    from .store import TaskStore
+    from .replicas import Replicas
+    from .store import MongoTaskStore
 
     catalog = Catalog.load(settings.catalog_path)
-    store = TaskStore.connect(settings.mongodb_url.get_secret_value(), settings.mongodb_db)
+    store = MongoTaskStore.connect(settings.mongodb_url.get_secret_value(), settings.mongodb_db)
     broker = Broker(settings.amqp_url.get_secret_value(), Topology.from_settings(settings))
     try:
         await store.ensure_indexes()
+        await Replicas(store.db["replicas"], "setup", settings.lease_ttl_s).ensure_indexes()
         await broker.connect()
         assert broker.channel is not None
         await broker.declare(broker.channel, catalog.providers())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,27 +20,33 @@ from aiohttp import web
 
 from .api import create_app
 from .broker import Broker, Consumer, Topology
+from .cancels import CancelBoard
 from .catalog import Catalog
-from .contract import Status, utcnow
+from .claims import Claims
+from .contract import is_valid_task_id, utcnow
 from .deadletters import DeadLetterWatcher
 from .errors import ConfigError
-from .events import EventPublisher
+from .events import BrokerEvents, EventPublisher
 from .images import ImageDownloader, is_orphan, leftover_parts
 from .intake import Intake
-from .job import JobDeps, RetryPolicy
+from .job import JobDeps
 from .lane import Lane
-from .leases import Leases, replica_id
-from .limits import ProviderSlots
+from .limits import ProviderLimits
 from .metrics import Metrics
-from .outage import is_outage, outage_delay
+from .outage import is_outage, wait_out
 from .providers.base import Provider
 from .providers.registry import available_providers
+from .replicas import Replicas, replica_id
 from .settings import Settings
-from .store import TaskDoc, TaskStore
+from .shares import Shares
+from .store import CommandCounter, MongoTaskStore
+from .task import Task
 
 log = logging.getLogger(__name__)
 
 STALE_PART_AGE_S = 3600.0
+#: claims of gone replicas older than this belong to tasks past any deadline (timeout_s is at most a day)
+STALE_CLAIM_S = 25 * 3600.0
 
 
 class Daemon:
@@ -52,11 +59,17 @@ class Daemon:
         self.catalog = catalog or Catalog.load(settings.catalog_path)
         self.metrics = metrics or Metrics()
         self.topology = Topology.from_settings(settings)
-        self.store = TaskStore.connect(settings.mongodb_url.get_secret_value(), settings.mongodb_db)
+        self.store = MongoTaskStore.connect(
+            settings.mongodb_url.get_secret_value(),
+            settings.mongodb_db,
+            listeners=[CommandCounter(self.metrics.db_commands)],
+        )
         self.broker = Broker(settings.amqp_url.get_secret_value(), self.topology)
-        self.retry = RetryPolicy()
         self.replica = replica_id()
-        self.leases = Leases(self.store.db["leases"], settings.lease_ttl_s, self.replica)
+        self.replicas = Replicas(self.store.db["replicas"], self.replica, settings.lease_ttl_s)
+        self.shares = Shares(self.store.db["shares"], self.replicas)
+        self.claims = Claims(self.store.db["claims"], self.replicas)
+        self.cancels = CancelBoard()
         self._stopping = asyncio.Event()
         self._draining = asyncio.Event()  # set first on shutdown: no new submits
         self._background: list[asyncio.Task[None]] = []
@@ -76,6 +89,7 @@ class Daemon:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         self.providers = self._build_providers(self.session)
         await self.store.ensure_indexes()
+        await self.replicas.ensure_indexes()
         await self.broker.connect()
         assert self.broker.channel is not None
         await self.broker.declare(self.broker.channel, list(self.providers))
@@ -84,7 +98,7 @@ class Daemon:
         self._runner = web.AppRunner(create_app(self), access_log=None)
         await self._runner.setup()
 
-        events = EventPublisher(self.broker, self.store)
+        events = EventPublisher(BrokerEvents(self.broker), self.store)
         downloader = ImageDownloader(
             self.session,
             s.image_dir,
@@ -99,32 +113,38 @@ class Daemon:
             events,
             downloader,
             self.metrics,
-            self.retry,
-            self.leases,
+            self.claims,
+            self.cancels,
             self._draining,
         )
+        limits: list[ProviderLimits] = []
+        for provider in self.providers.values():
+            # Built-in providers have rate settings; a plugin gets one submit per second and unlimited polls.
+            limits.append(
+                ProviderLimits(
+                    self.shares,
+                    provider.name,
+                    provider.credentials(),
+                    float(getattr(s, f"{provider.name}_submit_per_second", 1.0)),
+                    poll_per_second=getattr(s, f"{provider.name}_poll_per_second", None),
+                    cooldown_s=s.credential_cooldown_s,
+                    metrics=self.metrics,
+                )
+            )
+        # The keeper registers this replica and takes the units its tasks will want before any task arrives.
+        await self.shares.keep()
         self._background = [
-            asyncio.create_task(self.leases.heartbeat(self._stopping), name="lease-heartbeat"),
+            asyncio.create_task(self.shares.run(self._stopping), name="shared-limits"),
             asyncio.create_task(self._janitor(), name="janitor"),
             asyncio.create_task(self._watch_connections(), name="connection-watch"),
         ]
-        for provider in self.providers.values():
-            # Built-in providers have rate settings; a plugin gets one submit per second and unlimited polls.
-            slots = ProviderSlots(
-                self.leases,
-                provider.name,
-                provider.credentials(),
-                float(getattr(s, f"{provider.name}_submit_per_second", 1.0)),
-                poll_per_second=getattr(s, f"{provider.name}_poll_per_second", None),
-                cooldown_s=s.credential_cooldown_s,
-                metrics=self.metrics,
-            )
-            lane = Lane(provider, self.broker, deps, slots)
+        for provider, provider_limits in zip(self.providers.values(), limits, strict=True):
+            lane = Lane(provider, self.broker, deps, provider_limits)
             await lane.start(list(self.providers))
             self.lanes.append(lane)
 
         self.intake = Intake(s, self.broker, self.store, events, self.catalog, self.providers, self.metrics)
-        watcher = DeadLetterWatcher(self.broker, self.store, events, self.intake, self.leases, self.metrics)
+        watcher = DeadLetterWatcher(self.broker, self.store, events, self.intake, self.claims, self.metrics)
         self._intake_channel = await self.broker.open_consumer_channel(prefetch=s.intake_prefetch)
         for queue_name, handler in (
             (self.topology.requests, self.intake.handle),
@@ -139,6 +159,7 @@ class Daemon:
             )
             await consumer.start()
             self._consumers.append(consumer)
+        await self.broker.consume_control(self._intake_channel, self._on_control)
 
         assert self._runner is not None
         site = web.TCPSite(self._runner, s.http_host, s.http_port)
@@ -165,6 +186,7 @@ class Daemon:
         await asyncio.gather(*(lane.drain(self.settings.shutdown_grace_s) for lane in self.lanes))
         self._stopping.set()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self._leave()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.broker.close()
@@ -236,14 +258,25 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 5)
 
+    async def _leave(self) -> None:
+        """Give back shared units and deregister, so that other replicas need not wait for the TTL."""
+        if not self.shares.pools:
+            return
+        try:
+            await self.shares.release_all()
+            await self.replicas.leave()
+        except Exception as exc:  # noqa: BLE001 - they expire by themselves
+            log.warning("could not deregister this replica: %s", type(exc).__name__)
+
     async def _janitor(self) -> None:
-        """Periodic upkeep; logs a failure and keeps looping."""
+        """Periodic upkeep; logs a failure and keeps looping. Retention runs rarely: it reads many tasks."""
+        retention_due = time.monotonic() + self.settings.retention_interval_s
         while not self._stopping.is_set():
             try:
-                purged = await self.leases.purge_expired()
-                if purged:
-                    log.debug("purged %d expired leases", purged)
-                if self.settings.retention_days > 0:
+                await self.claims.purge_stale(STALE_CLAIM_S)
+                await self.replicas.purge_expired()
+                if self.settings.retention_days > 0 and time.monotonic() >= retention_due:
+                    retention_due = time.monotonic() + self.settings.retention_interval_s
                     cutoff = utcnow() - timedelta(days=self.settings.retention_days)
                     removed = await self.store.purge_finished(before=cutoff)
                     if removed:
@@ -256,6 +289,24 @@ class Daemon:
                 log.exception("janitor run failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 60)
+
+    async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        """A broadcast of another replica (or a command): a cancel request for a task."""
+        try:
+            data = json.loads(message.body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            return
+        task_id = data.get("cancel") if isinstance(data, dict) else None
+        if isinstance(task_id, str) and is_valid_task_id(task_id):
+            self.cancels.cancel(task_id)
+
+    async def cancel(self, task_id: str) -> Task | None:
+        """Request the cancel of a task: stored first (for jobs yet to start), then broadcast (for the running
+        job, wherever it is). Returns the task as stored, or None if there is none."""
+        task = await self.store.request_cancel(task_id)
+        if task is not None:
+            await self.broker.publish_control({"cancel": task_id})
+        return task
 
     @staticmethod
     def _outage_tolerant(
@@ -278,23 +329,20 @@ class Daemon:
                         with contextlib.suppress(Exception):
                             await message.nack(requeue=True)
                         return
+                    log.warning("waiting for the broker/database (%s)", type(exc).__name__)
+                    await wait_out(outage, exc)
                     outage += 1
-                    delay = outage_delay(outage, exc)
-                    log.warning(
-                        "waiting for the broker/database (%s); retrying in %.1fs", type(exc).__name__, delay
-                    )
-                    await asyncio.sleep(delay)
 
         return consume
 
     # -- queries used by the HTTP API ---------------------------------------------------------------------------
 
-    async def wait_for_terminal(self, task_id: str, timeout_s: float) -> TaskDoc | None:
+    async def wait_for_terminal(self, task_id: str, timeout_s: float) -> Task | None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            doc = await self.store.get(task_id)
-            if doc is not None and Status(doc["status"]).terminal:
-                return doc
+            task = await self.store.get(task_id)
+            if task is not None and task.terminal:
+                return task
             await asyncio.sleep(0.25)
         return None
 
@@ -313,5 +361,5 @@ class Daemon:
             "database": db_ok,
             "consumers": consumers_ok,
             "lanes": {lane.provider.name: len(lane.jobs) for lane in self.lanes},
-            "credentials": {lane.provider.name: lane.slots.status() for lane in self.lanes},
+            "credentials": {lane.provider.name: lane.limits.status() for lane in self.lanes},
         }

@@ -14,10 +14,10 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from .broker import Broker, settle
+from .claims import Claims, ClaimState
 from .contract import ErrorCategory, ErrorInfo, Status
 from .events import EventPublisher
 from .intake import Intake
-from .leases import Leases
 from .metrics import Metrics
 from .store import TaskStore
 
@@ -43,11 +43,11 @@ class DeadLetterWatcher:
         store: TaskStore,
         events: EventPublisher,
         intake: Intake,
-        leases: Leases,
+        claims: Claims,
         metrics: Metrics,
     ) -> None:
         self.broker = broker
-        self.leases = leases
+        self.claims = claims
         self.store = store
         self.events = events
         self.intake = intake
@@ -89,19 +89,21 @@ class DeadLetterWatcher:
                 code=reason or "dead_lettered",
                 message=f"the broker dead-lettered the message ({reason}) from {queue}",
             )
-        doc = await self.store.get(task_id)
-        if doc is None:
+        task = await self.store.get(task_id)
+        if task is None:
             await self.intake.record_failure(message, task_id, error)
-        elif Status(doc["status"]).terminal:
-            await self.events.republish(doc)  # its event may not have gone out before the message died
+        elif task.terminal:
+            await self.events.republish(task)  # its event may not have gone out before the message died
             return
         else:
             # A job still driving the task (its message died under it, e.g. channels dropping) finishes it itself.
-            claim, holder = f"task:{task_id}", f"{self.leases.holder_prefix}:dead-letters"
-            if not await self.leases.try_acquire(claim, holder, renew=False):
+            claim = await self.claims.take(task_id, ClaimState.CLAIMED, reentrant=False)
+            if not claim.taken:
                 return
             try:
-                await self.events.finish(doc, Status.FAILED, error=error)
+                latest = await self.store.get(task_id) or task
+                if not latest.terminal:
+                    await self.events.finish(latest, Status.FAILED, error=error)
             finally:
-                await self.leases.release_quietly(claim, holder)
+                await self.claims.release(task_id)
         log.warning("task failed: %s", error.message, extra={"task_id": task_id, "code": error.code})

@@ -1,63 +1,42 @@
-"""Task events: built from the stored task, numbered per task, published with broker confirms.
+"""Task events: built from the task, numbered per task, published with broker confirms.
 
-A terminal event is stored on the task before it is published, so a re-publish after a crash or redelivery sends
-the very same event (same ``event_id``).
+Sequence numbers are kept by whoever holds the task (intake for ``task.pending``, then the job that holds its
+claim) and stored with the status change they belong to; progress events are numbered in memory only. A terminal
+event is stored on the task before it is published, so a re-publish after a crash or redelivery sends the very
+same event (same ``event_id``).
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 from typing import Any
 
 from .broker import Broker
 from .contract import ErrorInfo, Event, Result, Status, utcnow
-from .store import TaskDoc, TaskStore
+from .store import TaskStore
+from .task import Task
 
 log = logging.getLogger(__name__)
 
 
-class EventPublisher:
-    """Emits ``task.<status>`` events on the events exchange (and terminal ones to ``reply_to``)."""
+class EventSink(abc.ABC):
+    """Where events go. The daemon publishes to RabbitMQ; unit tests collect them in memory."""
 
-    def __init__(self, broker: Broker, store: TaskStore) -> None:
+    @abc.abstractmethod
+    async def publish(self, event: dict[str, Any], *, reply_to: str | None = None) -> None:
+        """Deliver an event (confirmed); a terminal one also goes to ``reply_to``."""
+
+
+class BrokerEvents(EventSink):
+    """Events on the topic exchange ``<prefix>.events`` with routing key ``task.<status>``."""
+
+    def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.store = store
         self._own_queues = f"{broker.topology.prefix}."
 
-    async def build(
-        self,
-        doc: TaskDoc,
-        status: Status,
-        *,
-        event_type: str | None = None,
-        progress: float | None = None,
-        result: Result | None = None,
-        error: ErrorInfo | None = None,
-    ) -> dict[str, Any]:
-        """A new event for the task with the next sequence number, as a JSON-ready dict."""
-        seq = await self.store.next_seq(doc["_id"])
-        event = Event(
-            event_id=f"{doc['_id']}:{seq}",
-            type=event_type or f"task.{status.value}",
-            seq=seq,
-            occurred_at=utcnow(),
-            task_id=doc["_id"],
-            status=status,
-            model=doc["model"],
-            provider=doc["provider"],
-            correlation_id=doc.get("correlation_id"),
-            metadata=doc.get("metadata") or {},
-            progress=progress
-            if progress is not None
-            else (1.0 if status.terminal else doc.get("progress", 0.0)),
-            result=result,
-            error=error,
-        )
-        return event.model_dump(mode="json")
-
     async def publish(self, event: dict[str, Any], *, reply_to: str | None = None) -> None:
-        """Publish an event and wait for the broker's confirm; a terminal one also goes to ``reply_to``."""
         body = json.dumps(event, ensure_ascii=False).encode()
         headers = {
             "task_id": event["task_id"],
@@ -65,9 +44,8 @@ class EventPublisher:
             "model": event["model"],
             "status": event["status"],
         }
-        routing_key = event["type"]
         await self.broker.publish_event(
-            body, routing_key, headers, event["event_id"], event.get("correlation_id")
+            body, event["type"], headers, event["event_id"], event.get("correlation_id")
         )
         # Never into imaged's own queues: a reply there would be read back as work.
         if reply_to and Status(event["status"]).terminal and not reply_to.startswith(self._own_queues):
@@ -79,40 +57,85 @@ class EventPublisher:
                 headers=headers,
             )
 
+
+def build_event(
+    task: Task,
+    status: Status,
+    *,
+    event_type: str | None = None,
+    progress: float | None = None,
+    result: Result | None = None,
+    error: ErrorInfo | None = None,
+) -> dict[str, Any]:
+    """The event with the task's current sequence number, as a JSON-ready dict."""
+    event = Event(
+        event_id=f"{task.id}:{task.seq}",
+        type=event_type or f"task.{status.value}",
+        seq=task.seq,
+        occurred_at=utcnow(),
+        task_id=task.id,
+        status=status,
+        model=task.model,
+        provider=task.provider,
+        correlation_id=task.correlation_id,
+        metadata=task.metadata,
+        progress=progress if progress is not None else (1.0 if status.terminal else task.progress),
+        result=result,
+        error=error,
+    )
+    return event.model_dump(mode="json")
+
+
+class EventPublisher:
+    """Numbers, stores (terminal ones) and sends the events of tasks."""
+
+    def __init__(self, sink: EventSink, store: TaskStore) -> None:
+        self.sink = sink
+        self.store = store
+
+    def next_event(self, task: Task, status: Status, **kwargs: Any) -> dict[str, Any]:
+        """Take the task's next sequence number (in memory) and build its event."""
+        task.seq += 1
+        return build_event(task, status, **kwargs)
+
+    async def publish(self, task: Task, event: dict[str, Any]) -> None:
+        await self.sink.publish(event, reply_to=task.reply_to)
+
+    async def emit(self, task: Task, status: Status, **kwargs: Any) -> dict[str, Any]:
+        """Build and publish a non-terminal event."""
+        event = self.next_event(task, status, **kwargs)
+        await self.sink.publish(event)
+        return event
+
     async def finish(
-        self, doc: TaskDoc, status: Status, *, result: Result | None = None, error: ErrorInfo | None = None
-    ) -> TaskDoc:
+        self, task: Task, status: Status, *, result: Result | None = None, error: ErrorInfo | None = None
+    ) -> Task:
         """Store a terminal state together with its event, then publish the event (confirmed by the broker).
 
         The stored event is what a redelivery re-publishes, so every copy carries the same ``event_id``.
         """
-        event = await self.build(doc, status, result=result, error=error)
-        updated = await self.store.update(
-            doc["_id"],
-            {
-                "result": result.model_dump(mode="json") if result else None,
-                "error": error.model_dump(mode="json") if error else None,
-                "finished_at": utcnow(),
-                "progress": event["progress"],
-                "terminal_event": event,
-            },
-            status=status,
-        )
-        await self.publish(event, reply_to=doc.get("reply_to"))
-        return updated or doc
+        event = self.next_event(task, status, result=result, error=error)
+        now = utcnow()
+        fields = {
+            "result": result.model_dump(mode="json") if result else None,
+            "error": error.model_dump(mode="json") if error else None,
+            "finished_at": now,
+            "progress": event["progress"],
+            "terminal_event": event,
+            "seq": task.seq,
+        }
+        await self.store.save(task.id, fields, status=status)
+        task.status = status
+        task.result, task.error = fields["result"], fields["error"]
+        task.finished_at, task.progress, task.terminal_event = now, event["progress"], event
+        await self.sink.publish(event, reply_to=task.reply_to)
+        return task
 
-    async def republish(self, doc: TaskDoc) -> None:
+    async def republish(self, task: Task) -> None:
         """Send a terminal task's stored event again (same ``event_id``); store one first if it is missing."""
-        event = doc.get("terminal_event")
-        if event is not None:
-            await self.publish(event, reply_to=doc.get("reply_to"))
+        if task.terminal_event is not None:
+            await self.sink.publish(task.terminal_event, reply_to=task.reply_to)
             return
-        error = ErrorInfo.model_validate(doc["error"]) if doc.get("error") else None
-        result = Result.model_validate(doc["result"]) if doc.get("result") else None
-        await self.finish(doc, Status(doc["status"]), result=result, error=error)
-
-    async def emit(self, doc: TaskDoc, status: Status, **kwargs: Any) -> dict[str, Any]:
-        """Build and publish a non-terminal event."""
-        event = await self.build(doc, status, **kwargs)
-        await self.publish(event)
-        return event
+        error = ErrorInfo.model_validate(task.error) if task.error else None
+        result = Result.model_validate(task.result) if task.result else None
+        await self.finish(task, task.status, result=result, error=error)

@@ -16,15 +16,16 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from .auth import amqp_user, message_owner
-from .broker import Broker, settle
+from .broker import RESUME_HEADER, Broker, settle
 from .catalog import Catalog
 from .contract import ErrorInfo, Request, Status, check_plain_keys, is_valid_task_id, new_task_id, utcnow
 from .errors import InvalidRequest
-from .events import EventPublisher
+from .events import EventPublisher, build_event
 from .metrics import Metrics
 from .providers.base import Provider
 from .settings import Settings
-from .store import TaskDoc, TaskStore
+from .store import TaskStore
+from .task import Task
 
 log = logging.getLogger(__name__)
 
@@ -131,42 +132,36 @@ class Intake:
             raise InvalidRequest(f"parameters: {exc}", code="invalid_request") from exc
         now = utcnow()
         timeout_s = request.timeout_s or self.settings.task_timeout_s
-        doc: TaskDoc = {
-            "_id": task_id,
-            "status": Status.PENDING.value,
-            "model": spec.name,
-            "provider": spec.provider,
-            "parameters": params,
-            "request_parameters": request.parameters,
-            "owner": message_owner(message.user_id, message.headers, self.trusted_user),
-            "correlation_id": message.correlation_id,
-            "reply_to": message.reply_to,
-            "metadata": request.metadata,
-            "provider_task_id": None,
-            "credential": None,
-            "attempts": 0,
-            "seq": 0,
-            "created_at": now,
-            "updated_at": now,
-            "submitted_at": None,
-            "finished_at": None,
-            "deadline": now + timedelta(seconds=timeout_s),
-            "progress": 0.0,
-            "result": None,
-            "error": None,
-            "history": [{"status": Status.PENDING.value, "at": now}],
-        }
-        stored, created = await self.store.create(doc)
-        if not created and Status(stored["status"]).terminal:
+        task = Task(
+            id=task_id,
+            status=Status.PENDING,
+            model=spec.name,
+            provider=spec.provider,
+            created_at=now,
+            updated_at=now,
+            parameters=params,
+            request_parameters=request.parameters,
+            owner=message_owner(message.user_id, message.headers, self.trusted_user),
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            metadata=request.metadata,
+            seq=1,  # the task.pending event below
+            deadline=now + timedelta(seconds=timeout_s),
+            history=[{"status": Status.PENDING.value, "at": now}],
+        )
+        stored, created = await self.store.create(task)
+        if not created and stored.terminal:
             await self.events.republish(stored)
             return "duplicate"
         if created:
-            await self.events.emit(stored, Status.PENDING, progress=0.0)
+            await self.events.sink.publish(build_event(stored, Status.PENDING, progress=0.0))
         await self.broker.publish_to_queue(
             self.broker.topology.work(spec.provider),
             json.dumps({"task_id": task_id}).encode(),
             message_id=task_id,
             correlation_id=message.correlation_id,
+            # A task recorded before: an earlier run may have started it somewhere.
+            headers=None if created else {RESUME_HEADER: 1},
         )
         log.info("accepted", extra={"task_id": task_id, "provider": spec.provider, "model": spec.name})
         return "accepted" if created else "duplicate"
@@ -206,33 +201,31 @@ class Intake:
             spec.provider if spec else (data.get("provider") if isinstance(data.get("provider"), str) else "")
         )
         now = utcnow()
-        doc: TaskDoc = {
-            "_id": task_id,
-            "status": Status.FAILED.value,
-            "model": model[:128],
-            "provider": (provider or "")[:64],
-            "parameters": {},
-            "owner": message_owner(message.user_id, message.headers, self.trusted_user),
-            "correlation_id": message.correlation_id,
-            "reply_to": message.reply_to,
-            "metadata": {},
-            "seq": 0,
-            "created_at": now,
-            "updated_at": now,
-            "finished_at": now,
-            "progress": 0.0,
-            "result": None,
-            "error": error.model_dump(mode="json"),
-            "history": [],  # the terminal entry is added with the event
-        }
-        stored, created = await self.store.create(doc)
+        task = Task(
+            id=task_id,
+            status=Status.FAILED,
+            model=model[:128],
+            provider=(provider or "")[:64],
+            created_at=now,
+            updated_at=now,
+            owner=message_owner(message.user_id, message.headers, self.trusted_user),
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            seq=1,
+            finished_at=now,
+            progress=1.0,
+            error=error.model_dump(mode="json"),
+        )
+        task.terminal_event = build_event(task, Status.FAILED, error=error)
+        task.history = [{"status": Status.FAILED.value, "at": now}]
+        stored, created = await self.store.create(task)
         if not created:
             # A task with this id exists already: a bad duplicate must not touch it. If it has finished, its
             # event may not have gone out yet (a crash before the publish): send it (again).
-            if Status(stored["status"]).terminal:
+            if stored.terminal:
                 await self.events.republish(stored)
             return
-        await self.events.finish(stored, Status.FAILED, error=error)
+        await self.events.publish(stored, task.terminal_event)
         # Label values come from the catalog only: a bad request must not create new time series.
         self.metrics.tasks.labels(
             spec.provider if spec else "unknown", spec.name if spec else "unknown", "failed"

@@ -1,31 +1,41 @@
-"""One task's way through a provider: slot → submit (once) → poll → download → record → terminal event.
+"""One task's way through a provider: slot → claim → submit (once) → poll → download → record → terminal event.
 
 A job may start on a fresh task or on one that a crashed replica left behind: it reads the stored state and
 resumes (a stored provider task id is polled, never submitted again; a terminal task re-publishes its event).
+
+The database sees a task a handful of times, however long it runs and however many tasks wait: one read when
+the job starts, the claim just before the submit, the provider's task id, the terminal state, the claim's
+removal (writes are group-committed with other jobs'). Slots and turns are taken in memory (``limits.py``),
+polls write nothing, and a cancel is heard as a broadcast (``cancels.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from . import retry
+from .cancels import RECHECK_S, CancelBoard
 from .catalog import Catalog, ModelSpec
+from .claims import Claims, ClaimState
 from .contract import ErrorCategory, ErrorInfo, ImageInfo, Result, Status, utcnow
 from .errors import DownloadError, HandBack, InvalidRequest, TaskError
 from .events import EventPublisher
-from .images import ImageDownloader
-from .leases import Leases
-from .limits import ProviderSlots
+from .images import ImageDownloader, SavedImage
+from .limits import ProviderLimits
 from .metrics import Metrics
-from .outage import is_outage, outage_delay
+from .outage import is_outage, wait_out
 from .providers.base import Credential, PollResult, Provider, ProviderState
 from .settings import Settings
-from .store import TaskDoc, TaskStore
+from .store import TaskStore
+from .task import RESUME_SEQ_GAP, Task
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +43,10 @@ T = TypeVar("T")
 
 # Submit failures after which the provider may nevertheless have created the task.
 AMBIGUOUS_SUBMIT_CODES = frozenset({"timeout", "connection_error", "malformed_response"})
-
-
-@dataclass
-class RetryPolicy:
-    """Capped exponential backoff with full jitter; ``Retry-After`` wins when the provider sends one."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    download_attempts: int = 6
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.cap_s * 4)
-        return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+#: progress is stored (for HTTP readers) at most this often; events carry every step
+PROGRESS_STORE_S = 5.0
+#: how often a job waiting for another replica's claim looks again
+CLAIM_WAIT_S = 1.0
 
 
 @dataclass
@@ -59,101 +59,177 @@ class JobDeps:
     events: EventPublisher
     downloader: ImageDownloader
     metrics: Metrics
-    retry: RetryPolicy
-    leases: Leases
+    claims: Claims
+    cancels: CancelBoard
     #: set when the daemon shuts down: no new submits, waiting jobs hand their task back
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ClaimHeld(Exception):
+    """Another live replica drives this task; wait for it instead of submitting."""
 
 
 class Job:
     """Drives one task to a terminal status. ``run`` returns when the outcome is stored and its event confirmed."""
 
-    def __init__(self, deps: JobDeps, provider: Provider, slots: ProviderSlots, task_id: str) -> None:
+    def __init__(
+        self, deps: JobDeps, provider: Provider, limits: ProviderLimits, task_id: str, *, resumed: bool
+    ) -> None:
         self.deps = deps
         self.provider = provider
-        self.slots = slots
+        self.limits = limits
         self.task_id = task_id
+        self.resumed = resumed
+        self.claimed = False
+        self.claim_state = ClaimState.CLAIMED
+        #: an earlier submit may have reached the provider without its task id being recorded
+        self.ambiguous = False
         # Cleared from just before a submit until its provider task id is stored: shutdown must not cancel the
         # job inside that window, or the task may be paid for twice.
         self.outside_submit = asyncio.Event()
         self.outside_submit.set()
-
-    @property
-    def claim(self) -> str:
-        return f"task:{self.task_id}"
+        self.canceled = deps.cancels.watch(task_id)
+        self._progress_events = 0
 
     async def run(self) -> Status:
-        """Claim the task (waiting while another replica drives it), then take it from its stored state."""
-        leases = self.deps.leases
-        async with leases.hold(self.claim, leases.holder_prefix):
-            return await self._run_claimed()
-
-    async def _run_claimed(self) -> Status:
-        d = self.deps
-        doc = await d.store.get(self.task_id)
-        if doc is None:
-            raise TaskError(f"task {self.task_id} is not in the store", code="unknown_task")
-        if Status(doc["status"]).terminal:
-            log.info("re-publishing the terminal event of an already finished task")
-            await d.events.republish(doc)
-            return Status(doc["status"])
-        await d.store.update(self.task_id, {}, inc={"attempts": 1})
-        spec = d.catalog.get(doc["model"])
-        if spec is None:
-            return await self.finish(
-                doc, Status.FAILED, error=InvalidRequest(f"model {doc['model']!r} left the catalog").info()
-            )
+        """Take the task from its stored state to a terminal status (waiting while another replica drives it)."""
         try:
-            return await self._drive(doc, spec)
+            while True:
+                task = await self.deps.store.get(self.task_id)
+                if task is None:
+                    raise TaskError(f"task {self.task_id} is not in the store", code="unknown_task")
+                if not task.terminal and (self.resumed or task.status is not Status.PENDING):
+                    task = await self._resume(task)
+                if task.terminal:
+                    log.info("re-publishing the terminal event of an already finished task")
+                    await self.deps.events.republish(task)
+                    await self._release()
+                    return task.status
+                try:
+                    return await self._run_task(task)
+                except ClaimHeld:
+                    self.resumed = True  # lost a race for the claim: wait for the other replica
+        finally:
+            self.deps.cancels.unwatch(self.task_id)
+            if self.claimed:
+                await self._hand_back()
+
+    async def _run_task(self, task: Task) -> Status:
+        d = self.deps
+        task.attempts += 1
+        spec = d.catalog.get(task.model)
+        if spec is None:
+            error = InvalidRequest(f"model {task.model!r} left the catalog").info()
+            return await self.finish(task, Status.FAILED, error=error)
+        try:
+            return await self._drive(task, spec)
         except TaskError as exc:
             log.warning(
                 "task failed: %s", exc.message, extra={"category": exc.category.value, "code": exc.code}
             )
-            latest = await d.store.get(self.task_id) or doc
             status = Status.CANCELED if exc.category is ErrorCategory.CANCELED else Status.FAILED
-            return await self.finish(latest, status, error=exc.info())
+            return await self.finish(task, status, error=exc.info())
 
-    async def _drive(self, doc: TaskDoc, spec: ModelSpec) -> Status:
+    async def _drive(self, task: Task, spec: ModelSpec) -> Status:
         d = self.deps
-        if doc.get("cancel_requested") and not doc.get("provider_task_id"):
-            return await self.finish(doc, Status.CANCELED, error=_canceled())
-        self._check_deadline(doc)
-        holder = f"{d.leases.holder_prefix}:{self.task_id}"
+        if self._cancel_requested(task) and not task.provider_task_id:
+            return await self.finish(task, Status.CANCELED, error=_canceled())
+        self._check_deadline(task)
         while True:
-            pinned = doc.get("credential") if doc.get("provider_task_id") else None
-            waiting = utcnow()
-            async with self.slots.slot(holder, preferred=pinned) as cred:
+            pinned = task.credential if task.provider_task_id else None
+            waiting = time.monotonic()
+            async with self.limits.slot(pinned) as cred:
                 d.metrics.stage_duration.labels(self.provider.name, "slot_wait").observe(
-                    (utcnow() - waiting).total_seconds()
+                    time.monotonic() - waiting
                 )
-                if not doc.get("provider_task_id"):
-                    self._check_deadline(doc)  # waiting for the slot may have taken a while
+                if not task.provider_task_id:
+                    self._check_deadline(task)  # waiting for the slot may have taken a while
                     try:
-                        doc = await self._submit(doc, spec, cred)
+                        await self._submit(task, spec, cred)
                     except TaskError as exc:
                         if exc.category not in (ErrorCategory.AUTH, ErrorCategory.QUOTA):
                             raise
                         # The key is at fault, not the task: rotate it out and try the next one.
-                        self.slots.take_out(cred, exc)
-                        if not self.slots.active():
+                        self.limits.take_out(cred, exc)
+                        if not self.limits.active():
                             raise
-                        doc = await d.store.get(self.task_id) or doc
                         continue
-                poll = await self._poll_until_done(doc, spec, cred)
+                poll = await self._poll_until_done(task, spec, cred)
             break
         if poll.state is ProviderState.CANCELED:
-            return await self.finish(doc, Status.CANCELED, error=_canceled())
+            return await self.finish(task, Status.CANCELED, error=_canceled())
         if poll.state is ProviderState.FAILED:
             error = poll.error or ErrorInfo(
                 category=ErrorCategory.PROVIDER_ERROR, code="failed", message="the provider reported failure"
             )
-            return await self.finish(doc, Status.FAILED, error=error)
-        started = utcnow()
-        result = await self._download(doc, spec, poll)
-        d.metrics.stage_duration.labels(self.provider.name, "download").observe(
-            (utcnow() - started).total_seconds()
+            return await self.finish(task, Status.FAILED, error=error)
+        started = time.monotonic()
+        result = await self._download(task, spec, poll)
+        d.metrics.stage_duration.labels(self.provider.name, "download").observe(time.monotonic() - started)
+        return await self.finish(task, Status.COMPLETED, result=result)
+
+    # -- claims -------------------------------------------------------------------------------------------------
+
+    async def _resume(self, task: Task) -> Task:
+        """A task delivered again: claim it before anything else, waiting while a live replica drives it."""
+        d = self.deps
+        while True:
+            claim = await d.claims.take(task.id, ClaimState.CLAIMED)
+            if claim.taken:
+                break
+            if d.draining.is_set():
+                raise HandBack("shutting down while another replica drives the task")
+            log.info("another replica drives this task; waiting", extra={"holder": claim.holder})
+            await asyncio.sleep(CLAIM_WAIT_S * random.uniform(0.5, 1.5))
+            fresh = await d.store.get(task.id)
+            if fresh is None or fresh.terminal:
+                return fresh or task
+        self.claimed = True
+        self.claim_state = claim.previous or ClaimState.CLAIMED
+        fresh = await d.store.get(task.id) or task
+        if fresh.terminal:
+            return fresh
+        # Progress events of an interrupted run were numbered in memory only: skip past any it may have sent.
+        fresh.seq += RESUME_SEQ_GAP
+        await d.store.save(task.id, {"seq": fresh.seq})
+        self.ambiguous = not fresh.provider_task_id and (
+            self.claim_state is ClaimState.SUBMITTING or bool(fresh.extra.get("submit_started_at"))
         )
-        return await self.finish(doc, Status.COMPLETED, result=result)
+        return fresh
+
+    async def _claim_for_submit(self, task: Task) -> None:
+        """Mark that a submit may now reach the provider; on a first delivery this is also the claim."""
+        d = self.deps
+        if not self.claimed:
+            claim = await d.claims.take(task.id, ClaimState.SUBMITTING)
+            if not claim.taken:
+                raise ClaimHeld(claim.holder)
+            self.claimed = True
+            if claim.previous is ClaimState.SUBMITTING:
+                self.ambiguous = True
+        else:
+            if not d.claims.replicas.renewed_recently() and not await d.claims.holds(task.id):
+                self.claimed = False
+                raise HandBack("lost the claim on this task (this replica's registration lapsed)")
+            if self.claim_state is not ClaimState.SUBMITTING:
+                await d.claims.mark(task.id, ClaimState.SUBMITTING)
+        self.claim_state = ClaimState.SUBMITTING
+
+    async def _release(self) -> None:
+        if self.claimed:
+            self.claimed = False
+            try:
+                await self.deps.claims.release(self.task_id)
+            except Exception as exc:  # noqa: BLE001 - a leftover claim is found and handled on redelivery
+                log.warning("could not remove the claim of a finished task: %s", type(exc).__name__)
+
+    async def _hand_back(self) -> None:
+        """The job stops without an outcome: keep what the claim knows, but let anyone take it over."""
+        self.claimed = False
+        try:
+            await self.deps.claims.hand_back(self.task_id)
+        except Exception as exc:  # noqa: BLE001 - then the claim frees when this replica's registration does
+            log.warning("could not hand back the claim: %s", type(exc).__name__)
 
     # -- submit -------------------------------------------------------------------------------------------------
 
@@ -169,118 +245,125 @@ class Job:
             )
         log.warning("submitting again: an earlier submit ended without a provider task id")
 
-    async def _submit(self, doc: TaskDoc, spec: ModelSpec, cred: Credential) -> TaskDoc:
+    async def _submit(self, task: Task, spec: ModelSpec, cred: Credential) -> None:
         d = self.deps
-        # A stored marker means an earlier submit may have reached the provider; it is set just before each
-        # request and cleared when the provider's answer was a definite "no".
-        ambiguous = bool(doc.get("submit_started_at"))
-        params = doc["parameters"]
 
         async def submit_once() -> str:
-            nonlocal ambiguous
-            await self._may_submit()
-            if ambiguous:
+            self._may_submit(task)
+            await self.limits.before_submit(cred)
+            self._may_submit(task)  # the turn may have taken a while
+            await self._claim_for_submit(task)
+            if self.ambiguous:
                 self._submit_unknown()
-            await self.slots.before_submit(cred)
-            await d.store.update(self.task_id, {"submit_started_at": utcnow(), "credential": cred.name})
             self.outside_submit.clear()
             try:
-                return await self.provider.submit(cred, spec, params)
+                return await self.provider.submit(cred, spec, task.parameters)
             except TaskError as exc:
                 self.outside_submit.set()
-                ambiguous = exc.code in AMBIGUOUS_SUBMIT_CODES
+                self.ambiguous = exc.code in AMBIGUOUS_SUBMIT_CODES
+                if not self.ambiguous:
+                    self.claim_state = ClaimState.REFUSED
+                    await d.claims.mark(task.id, ClaimState.REFUSED)
                 raise
 
         try:
-            provider_task_id = await self._with_retries(doc, "submit", submit_once)
-        except TaskError:
-            if not ambiguous:
-                await d.store.update(self.task_id, {"submit_started_at": None})
-            raise
+            provider_task_id = await self._with_retries(task, "submit", submit_once)
         except BaseException:
             self.outside_submit.set()
             raise
-        now = utcnow()
         try:
-            updated = await self._record_submission(provider_task_id, cred, now)
+            await self._record_submission(task, provider_task_id, cred)
         finally:
             self.outside_submit.set()
-        created_at: datetime = updated["created_at"]
         d.metrics.stage_duration.labels(self.provider.name, "queue_wait").observe(
-            (now - created_at).total_seconds()
+            (task.submitted_at - task.created_at).total_seconds() if task.submitted_at else 0.0
         )
         log.info("submitted", extra={"provider_task_id": provider_task_id, "credential": cred.name})
-        await d.events.emit(updated, Status.PROCESSING, progress=0.0)
-        return updated
 
-    async def _may_submit(self) -> None:
-        """Last checks before money is spent: still ours, not canceled, not shutting down."""
-        d = self.deps
-        if d.draining.is_set():
+    def _may_submit(self, task: Task) -> None:
+        """Last checks before money is spent: not shutting down, not canceled."""
+        if self.deps.draining.is_set():
             raise HandBack("shutting down: the task goes back to the queue unsubmitted")
-        if not await d.leases.holds(self.claim, d.leases.holder_prefix):
-            raise HandBack("lost the claim on this task (it expired during an outage)")
-        latest = await d.store.get(self.task_id)
-        if latest is not None and latest.get("cancel_requested"):
+        if self._cancel_requested(task):
             raise TaskError("the task was canceled before it was submitted", category=ErrorCategory.CANCELED)
 
-    async def _record_submission(self, provider_task_id: str, cred: Credential, now: datetime) -> TaskDoc:
+    async def _record_submission(self, task: Task, provider_task_id: str, cred: Credential) -> None:
         """Store the provider's task id, waiting out a database outage: losing it would mean paying twice."""
-        outage = 0
+        task.provider_task_id, task.credential, task.submitted_at = provider_task_id, cred.name, utcnow()
+        task.status = Status.PROCESSING
+        event = self.deps.events.next_event(task, Status.PROCESSING, progress=0.0)
+        fields = {
+            "provider_task_id": provider_task_id,
+            "credential": cred.name,
+            "submitted_at": task.submitted_at,
+            "attempts": task.attempts,
+            "seq": task.seq,
+        }
+        attempt = 0
         while True:
             try:
-                updated = await self.deps.store.update(
-                    self.task_id,
-                    {"provider_task_id": provider_task_id, "credential": cred.name, "submitted_at": now},
-                    status=Status.PROCESSING,
-                )
+                await self.deps.store.save(task.id, fields, status=Status.PROCESSING)
+                break
             except Exception as exc:
                 if not is_outage(exc):
                     raise
-                outage += 1
                 log.warning("database unavailable while recording a submission (%s); retrying", exc)
-                await asyncio.sleep(outage_delay(outage, exc))
-                continue
-            if updated is None:
-                raise TaskError(f"task {self.task_id} vanished from the store", code="unknown_task")
-            return updated
+                await wait_out(attempt, exc)
+                attempt += 1
+        self.ambiguous = False
+        await self.deps.events.publish(task, event)
 
     # -- poll ---------------------------------------------------------------------------------------------------
 
-    async def _poll_until_done(self, doc: TaskDoc, spec: ModelSpec, cred: Credential) -> PollResult:
+    async def _poll_until_done(self, task: Task, spec: ModelSpec, cred: Credential) -> PollResult:
         d = self.deps
         s = d.settings
         delay = s.poll_first_delay_s if s.poll_first_delay_s is not None else self.provider.first_poll_delay_s
         cap = min(s.poll_max_interval_s, self.provider.max_poll_interval_s)
-        provider_task_id: str = doc["provider_task_id"]
-        last_progress = float(doc.get("progress") or 0.0)
-        started = utcnow()
+        provider_task_id = task.provider_task_id
+        assert provider_task_id is not None
+        started = rechecked = time.monotonic()
+        stored_progress = time.monotonic()
         while True:
-            await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+            # Jitter spreads polls out, but never past the cap: completion is seen within it.
+            await self._sleep_unless_canceled(min(cap, delay * random.uniform(0.9, 1.1)))
             delay = min(cap, max(delay, 0.5) * 1.5)
-            latest = await d.store.get(self.task_id) or doc
-            if latest.get("cancel_requested"):
+            if time.monotonic() - rechecked >= RECHECK_S:
+                rechecked = time.monotonic()
+                latest = await d.store.get(task.id)
+                task.cancel_requested = bool(latest and latest.cancel_requested)
+            if self._cancel_requested(task):
                 await self._cancel_at_provider(spec, cred, provider_task_id)
                 return PollResult(ProviderState.CANCELED)
-            self._check_deadline(latest)
+            self._check_deadline(task)
 
             async def poll_once() -> PollResult:
-                await self.slots.before_poll(cred)
-                return await self.provider.poll(cred, spec, provider_task_id, doc["parameters"])
+                await self.limits.before_poll(cred)
+                return await self.provider.poll(cred, spec, provider_task_id, task.parameters)
 
-            poll = await self._with_retries(latest, "poll", poll_once)
+            poll = await self._with_retries(task, "poll", poll_once)
             if poll.state.terminal:
                 d.metrics.stage_duration.labels(self.provider.name, "provider").observe(
-                    (utcnow() - started).total_seconds()
+                    time.monotonic() - started
                 )
                 return poll
-            if poll.progress is not None and poll.progress > last_progress + 1e-6 and poll.progress < 1.0:
-                last_progress = poll.progress
-                updated = await d.store.update(self.task_id, {"progress": last_progress})
-                if updated is not None:
-                    await d.events.emit(
-                        updated, Status.PROCESSING, event_type="task.progress", progress=last_progress
-                    )
+            progress = poll.progress
+            if progress is not None and task.progress + 1e-6 < progress < 1.0:
+                if self._progress_events >= RESUME_SEQ_GAP - 2:
+                    continue  # a run numbers at most that many events in memory
+                self._progress_events += 1
+                task.progress = progress
+                await d.events.emit(task, Status.PROCESSING, event_type="task.progress", progress=progress)
+                if time.monotonic() - stored_progress >= PROGRESS_STORE_S:
+                    stored_progress = time.monotonic()
+                    await d.store.save(task.id, {"progress": progress, "seq": task.seq})
+
+    async def _sleep_unless_canceled(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.canceled.wait(), seconds)
+
+    def _cancel_requested(self, task: Task) -> bool:
+        return task.cancel_requested or self.canceled.is_set()
 
     async def _cancel_at_provider(self, spec: ModelSpec, cred: Credential, provider_task_id: str) -> bool:
         try:
@@ -289,17 +372,17 @@ class Job:
             log.warning("provider cancel failed: %s", exc.message)
             return False
 
-    def _check_deadline(self, doc: TaskDoc) -> None:
-        deadline: datetime | None = doc.get("deadline")
-        if deadline is not None and utcnow() > deadline:
+    def _check_deadline(self, task: Task) -> None:
+        if task.deadline is not None and utcnow() > task.deadline:
             raise TaskError(
                 "the task passed its deadline (timeout_s)", category=ErrorCategory.TIMEOUT, code="deadline"
             )
 
     # -- retries ------------------------------------------------------------------------------------------------
 
-    async def _with_retries(self, doc: TaskDoc, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _with_retries(self, task: Task, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry transient provider faults until they stop or the task's deadline passes."""
+        policy = retry.PROVIDER_CALL
         attempt = 0
         while True:
             try:
@@ -312,9 +395,8 @@ class Job:
                 ).inc()
                 if not exc.retryable:
                     raise
-                wait = self.deps.retry.delay(attempt, exc.retry_after)
-                deadline: datetime | None = doc.get("deadline")
-                if deadline is not None and (deadline - utcnow()).total_seconds() < wait:
+                wait = policy.delay(attempt, exc.retry_after)
+                if task.deadline is not None and (task.deadline - utcnow()).total_seconds() < wait:
                     raise TaskError(
                         f"gave up retrying {operation} before the deadline: {exc.message}",
                         category=ErrorCategory.TIMEOUT
@@ -325,11 +407,11 @@ class Job:
                     ) from exc
                 log.info("retrying %s in %.1fs: %s", operation, wait, exc.message, extra={"code": exc.code})
                 attempt += 1
-                await asyncio.sleep(wait)
+                await asyncio.sleep(0 if retry.testing() else wait)
 
     # -- download -----------------------------------------------------------------------------------------------
 
-    async def _download(self, doc: TaskDoc, spec: ModelSpec, poll: PollResult) -> Result:
+    async def _download(self, task: Task, spec: ModelSpec, poll: PollResult) -> Result:
         d = self.deps
         when = datetime.now()  # local time, as the original service named its files
         images: list[ImageInfo] = []
@@ -358,12 +440,12 @@ class Job:
         if not images:
             reason = failed[0]["message"] if failed else "the provider delivered no image"
             raise DownloadError(f"no image could be downloaded: {reason}", code="no_images")
-        described = self.provider.describe(spec, doc["parameters"])
+        described = self.provider.describe(spec, task.parameters)
         info = dict(poll.info)
         usage = info.pop("usage", None) or {"image_count": len(images)}
         return Result(
-            id=doc["provider_task_id"],
-            model=doc["model"],
+            id=task.provider_task_id or "",
+            model=task.model,
             created=f"{when:%Y-%m-%d %H:%M:%S}",
             images=images,
             prompt=described.get("prompt"),
@@ -375,41 +457,37 @@ class Job:
             **info,
         )
 
-    async def _download_one(self, url: str, index: int, when: datetime) -> Any:
-        d = self.deps
+    async def _download_one(self, url: str, index: int, when: datetime) -> SavedImage:
+        policy = retry.DOWNLOAD
         attempt = 0
         while True:
             try:
-                return await d.downloader.download(url, self.provider.name, index, when)
+                return await self.deps.downloader.download(url, self.provider.name, index, when)
             except DownloadError as exc:
                 attempt += 1
-                if not exc.retryable or attempt >= d.retry.download_attempts:
+                if not exc.retryable or policy.exhausted(attempt):
                     raise
-                wait = d.retry.delay(attempt)
-                log.info("retrying image download in %.1fs: %s", wait, exc.message)
-                await asyncio.sleep(wait)
+                wait = await policy.wait(attempt)
+                log.info("retried image download after %.1fs: %s", wait, exc.message)
 
     # -- finish -------------------------------------------------------------------------------------------------
 
     async def finish(
-        self, doc: TaskDoc, status: Status, *, result: Result | None = None, error: ErrorInfo | None = None
+        self, task: Task, status: Status, *, result: Result | None = None, error: ErrorInfo | None = None
     ) -> Status:
-        """Store the terminal state with its event, then publish the event (confirmed by the broker)."""
+        """Store the terminal state with its event, publish the event (confirmed by the broker), drop the claim."""
         d = self.deps
-        started = utcnow()
-        updated = await d.events.finish(doc, status, result=result, error=error)
-        d.metrics.stage_duration.labels(doc["provider"], "publish").observe(
-            (utcnow() - started).total_seconds()
-        )
-        d.metrics.tasks.labels(doc["provider"], doc["model"], status.value).inc()
+        started = time.monotonic()
+        await d.events.finish(task, status, result=result, error=error)
+        d.metrics.stage_duration.labels(task.provider, "publish").observe(time.monotonic() - started)
+        d.metrics.tasks.labels(task.provider, task.model, status.value).inc()
         if error is not None:
-            d.metrics.task_errors.labels(doc["provider"], error.category.value).inc()
-        created: datetime | None = updated.get("created_at")
-        if created is not None:
-            d.metrics.task_duration.labels(doc["provider"], status.value).observe(
-                (utcnow() - created).total_seconds()
-            )
+            d.metrics.task_errors.labels(task.provider, error.category.value).inc()
+        d.metrics.task_duration.labels(task.provider, status.value).observe(
+            (utcnow() - task.created_at).total_seconds()
+        )
         log.info("task %s", status.value, extra={"category": error.category.value if error else None})
+        await self._release()
         return status
 
 

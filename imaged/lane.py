@@ -12,13 +12,14 @@ import logging
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from .broker import Broker, Consumer, settle
+from . import retry
+from .broker import RESUME_HEADER, Broker, Consumer, settle
 from .contract import ErrorCategory, ErrorInfo, Status
 from .errors import HandBack, TaskError
 from .job import Job, JobDeps
-from .limits import ProviderSlots
+from .limits import ProviderLimits
 from .logs import job_context
-from .outage import is_outage, outage_delay
+from .outage import is_outage, wait_out
 from .providers.base import Provider
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,11 @@ SUBMIT_WINDOW_S = 40.0
 class Lane:
     """Runs the tasks of one provider, at most as many at once as its credentials have slots."""
 
-    def __init__(self, provider: Provider, broker: Broker, deps: JobDeps, slots: ProviderSlots) -> None:
+    def __init__(self, provider: Provider, broker: Broker, deps: JobDeps, limits: ProviderLimits) -> None:
         self.provider = provider
         self.broker = broker
         self.deps = deps
-        self.slots = slots
+        self.limits = limits
         self.queue_name = broker.topology.work(provider.name)
         self.jobs: dict[str, asyncio.Task[None]] = {}
         self.deliveries: dict[str, list[AbstractIncomingMessage]] = {}
@@ -43,10 +44,10 @@ class Lane:
         self.consumer: Consumer | None = None
 
     async def start(self, providers: list[str]) -> None:
-        self.channel = await self.broker.open_consumer_channel(prefetch=self.slots.capacity)
+        self.channel = await self.broker.open_consumer_channel(prefetch=self.limits.capacity)
         self.consumer = Consumer(self.broker, self.channel, self.queue_name, self.on_message, providers)
         await self.consumer.start()
-        log.info("lane %s consuming (%d slots)", self.provider.name, self.slots.capacity)
+        log.info("lane %s consuming (%d slots)", self.provider.name, self.limits.capacity)
 
     @property
     def consuming(self) -> bool:
@@ -97,14 +98,16 @@ class Lane:
             self.deliveries[task_id].append(message)
             return
         self.deliveries[task_id] = [message]
-        self.jobs[task_id] = asyncio.create_task(self._run(task_id), name=f"job:{task_id}")
+        # A first delivery takes the fast path; anything else may meet a task another run left behind.
+        resumed = bool(message.redelivered or (message.headers or {}).get(RESUME_HEADER))
+        self.jobs[task_id] = asyncio.create_task(self._run(task_id, resumed), name=f"job:{task_id}")
 
-    async def _run(self, task_id: str) -> None:
+    async def _run(self, task_id: str, resumed: bool) -> None:
         gauge = self.deps.metrics.in_flight.labels(self.provider.name)
         gauge.inc()
         try:
             with job_context(task_id=task_id, provider=self.provider.name):
-                ack = await self._run_job(task_id)
+                ack = await self._run_job(task_id, resumed)
             await self._settle_all(task_id, ack=ack)
         finally:
             self.deliveries.pop(task_id, None)
@@ -120,14 +123,14 @@ class Lane:
             await settle(messages[done], ack=ack)
             done += 1
 
-    async def _run_job(self, task_id: str) -> bool:
+    async def _run_job(self, task_id: str, resumed: bool) -> bool:
         """Run the job; returns whether its messages are to be acked (False: back to the queue).
 
         An outage of the broker or database pauses the job and runs it again from the stored state.
         """
         outage = 0
         while True:
-            job = Job(self.deps, self.provider, self.slots, task_id)
+            job = Job(self.deps, self.provider, self.limits, task_id, resumed=resumed)
             self.running[task_id] = job
             try:
                 await job.run()
@@ -153,12 +156,10 @@ class Lane:
             except Exception as exc:  # noqa: BLE001 - sorted below: an outage, or a bug / poison task
                 if not is_outage(exc):
                     return await self._crashed(job, exc)
+                log.warning("backing service unavailable (%s: %s); resuming", type(exc).__name__, exc)
+                await wait_out(outage, exc)
                 outage += 1
-                delay = outage_delay(outage, exc)
-                log.warning(
-                    "backing service unavailable (%s: %s); resuming in %.1fs", type(exc).__name__, exc, delay
-                )
-                await asyncio.sleep(delay)
+                resumed = True  # the next run starts from whatever was stored
 
     async def _crashed(self, job: Job, exc: Exception) -> bool:
         """A bug or a poison task: requeue, and on the last allowed delivery fail the task instead of looping."""
@@ -169,7 +170,7 @@ class Lane:
             log.exception(
                 "job crashed (delivery %d); the message will be redelivered", deliveries, exc_info=exc
             )
-            await asyncio.sleep(1.0)  # no hot loop through the delivery limit
+            await retry.CRASHED.wait(deliveries)  # no hot loop through the delivery limit
             return False
         log.exception("job crashed on its last allowed delivery; failing the task", exc_info=exc)
         error = ErrorInfo(
@@ -178,9 +179,9 @@ class Lane:
             message=f"imaged failed on this task: {type(exc).__name__}",
         )
         try:
-            doc = await self.deps.store.get(job.task_id)
-            if doc is not None and not Status(doc["status"]).terminal:
-                await job.finish(doc, Status.FAILED, error=error)
+            task = await self.deps.store.get(job.task_id)
+            if task is not None and not task.terminal:
+                await job.finish(task, Status.FAILED, error=error)
             await self.broker.dead_letter(message, "crashed", error.model_dump(mode="json"))
         except Exception:
             log.exception("could not record the crash; requeueing")

@@ -1,39 +1,44 @@
-"""Provider limits per credential, held across every replica: tasks in flight (slots), submit and poll rates.
+"""Provider limits per credential, held across every replica: tasks in flight, submit rate and poll rate.
 
-Both are built on leases (see ``leases.py``): a slot is a lease ``slot:<provider>:<credential>:<n>`` for n below the
-credential's cap; a submit (or poll) turn is a lease on a future time bucket, so calls are spaced by ``1 / rate``
-however many replicas compete. A credential that answers with an auth or quota error leaves the rotation for a
-cool-down period and is reported.
+Each limit is a pool of ``shares.py``: in-flight slots are units of a pool as large as the credential's cap,
+submit and poll turns are the phases of a rate pool. A task takes a slot and waits for its turns in memory only;
+the replicas trade units among themselves in the background. A credential that answers with an auth or quota
+error leaves the rotation for a cool-down period and is reported.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import math
-import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from .contract import ErrorCategory
 from .errors import TaskError
-from .leases import Leases
 from .metrics import Metrics
 from .providers.base import Credential
+from .shares import PERIOD_S, PHASES, Pool, RateTurns, Shares
 
 log = logging.getLogger(__name__)
 
-# Slack on every rate, so network jitter never lands two calls inside the provider's window.
-RATE_SLACK = 1.05
+
+@dataclass
+class CredentialLimits:
+    """The pools of one credential."""
+
+    credential: Credential
+    slots: Pool
+    submits: RateTurns
+    polls: RateTurns | None
 
 
-class ProviderSlots:
+class ProviderLimits:
     """Slots, rates and rotation of one provider's credentials."""
 
     def __init__(
         self,
-        leases: Leases,
+        shares: Shares,
         provider: str,
         credentials: list[Credential],
         submit_per_second: float,
@@ -43,18 +48,25 @@ class ProviderSlots:
         metrics: Metrics | None = None,
     ) -> None:
         if not credentials:
-            raise ValueError("provider slots need at least one credential")
-        self.leases = leases
+            raise ValueError("provider limits need at least one credential")
+        self.shares = shares
         self.provider = provider
         self.credentials = credentials
-        self.submit_per_second = submit_per_second
-        self.poll_per_second = poll_per_second
         self.cooldown_s = cooldown_s
         self.metrics = metrics
         self.disabled: dict[str, tuple[float, TaskError]] = {}  # name -> (until, why)
         self._turn = 0
-        self._released = asyncio.Event()
+        self.limits: dict[str, CredentialLimits] = {}
         for cred in credentials:
+            base = f"{provider}:{cred.name}"
+            self.limits[cred.name] = CredentialLimits(
+                cred,
+                shares.pool(f"slot:{base}", cred.max_in_flight),
+                RateTurns(shares, shares.pool(f"submit:{base}", PHASES, rate=True), submit_per_second),
+                RateTurns(shares, shares.pool(f"poll:{base}", PHASES, rate=True), poll_per_second)
+                if poll_per_second
+                else None,
+            )
             self._report(cred, up=True)
 
     @property
@@ -118,24 +130,30 @@ class ProviderSlots:
 
     # -- slots --------------------------------------------------------------------------------------------------
 
-    async def _try_once(self, holder: str, preferred: str | None) -> tuple[Credential, str] | None:
-        for cred in self._order(preferred):
-            for index in range(cred.max_in_flight):
-                key = f"slot:{self.provider}:{cred.name}:{index}"
-                if await self.leases.try_acquire(key, holder):
-                    return cred, key
+    def _take(self, order: list[Credential]) -> tuple[Credential, int] | None:
+        if not self.shares.usable:
+            return None
+        for cred in order:
+            unit = self.limits[cred.name].slots.take_idle()
+            if unit is not None:
+                return cred, unit
         return None
 
     @contextlib.asynccontextmanager
-    async def slot(self, holder: str, preferred: str | None = None) -> AsyncIterator[Credential]:
+    async def slot(self, preferred: str | None = None) -> AsyncIterator[Credential]:
         """Hold one in-flight slot of a credential for the block (``preferred`` pins a submitted task)."""
-        delay = 0.2
-        while (got := await self._try_once(holder, preferred)) is None:
-            self._released.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), delay * (0.5 + secrets.randbelow(1000) / 1000))
-            delay = min(delay * 1.5, 2.0)
-        cred, key = got
+        while (got := self._take(order := self._order(preferred))) is None:
+            pools = [self.limits[c.name].slots for c in order]
+            for pool in pools:
+                pool.waiting += 1
+            try:
+                self.shares.poke()
+                await self.shares.changed.wait(PERIOD_S)
+            finally:
+                for pool in pools:
+                    pool.waiting -= 1
+        cred, unit = got
+        pool = self.limits[cred.name].slots
         gauge = self.metrics.slots_in_use.labels(self.provider, cred.name) if self.metrics else None
         if gauge is not None:
             gauge.inc()
@@ -144,29 +162,15 @@ class ProviderSlots:
         finally:
             if gauge is not None:
                 gauge.dec()
-            await asyncio.shield(self.leases.release_quietly(key, holder))
-            self._released.set()
+            pool.done(unit)
+            self.shares.changed.fire()
 
     # -- rates --------------------------------------------------------------------------------------------------
 
-    async def _turn_at(self, kind: str, cred: Credential, per_second: float) -> None:
-        """Claim the next free future time bucket by insert, then sleep until it starts."""
-        period = RATE_SLACK / per_second
-        bucket = math.floor(time.time() / period) + 1
-        holder = f"{self.leases.holder_prefix}:{secrets.token_hex(4)}"
-        # A bucket's lease lives until its turn is over, however far ahead it was claimed.
-        while not await self.leases.try_acquire(
-            f"{kind}:{self.provider}:{cred.name}:{bucket}",
-            holder,
-            renew=False,
-            ttl_s=(bucket + 1) * period - time.time() + 1.0,
-        ):
-            bucket += 1
-        await asyncio.sleep(max(0.0, bucket * period - time.time()))
-
     async def before_submit(self, cred: Credential) -> None:
-        await self._turn_at("rate", cred, self.submit_per_second)
+        await self.limits[cred.name].submits.turn()
 
     async def before_poll(self, cred: Credential) -> None:
-        if self.poll_per_second:
-            await self._turn_at("poll", cred, self.poll_per_second)
+        polls = self.limits[cred.name].polls
+        if polls is not None:
+            await polls.turn()

@@ -82,6 +82,12 @@ class Metrics:
             ["provider", "credential"],
             registry=r,
         )
+        self.db_commands = Counter(
+            "imaged_db_commands_total",
+            "Commands this process sent to the database, by command name",
+            ["command"],
+            registry=r,
+        )
         self.connection_up = Gauge(
             "imaged_connection_up",
             "Whether a backing service is reachable (1) or not (0)",

@@ -6,10 +6,10 @@ delivery limit.
 
 from __future__ import annotations
 
-import random
-
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from pymongo.errors import ConnectionFailure, OperationFailure
+
+from . import retry
 
 # MongoDB codes that mean "try again": interrupted, stepping down, no primary, write conflict.
 _TRANSIENT_CODES = frozenset({91, 112, 189, 10107, 11600, 11602, 13435, 13436})
@@ -29,8 +29,16 @@ def is_outage(exc: BaseException) -> bool:
     return False
 
 
+def outage_policy(exc: BaseException | None) -> retry.Policy:
+    """A busy database is retried within milliseconds; an absent service with patience."""
+    return retry.BUSY if exc is not None and is_busy(exc) else retry.OUTAGE
+
+
 def outage_delay(attempt: int, exc: BaseException | None = None) -> float:
     """Backoff with jitter: 0.5 s doubling to 30 s while a service is away; 50 ms doubling to 2 s when busy."""
-    if exc is not None and is_busy(exc):
-        return min(2.0, 0.05 * 2.0 ** min(attempt, 6)) * random.uniform(0.5, 1.0)
-    return min(30.0, 0.5 * 2.0 ** min(attempt, 6)) * random.uniform(0.5, 1.0)
+    return outage_policy(exc).delay(attempt)
+
+
+async def wait_out(attempt: int, exc: BaseException) -> float:
+    """Wait before trying again after an outage; returns the seconds meant."""
+    return await outage_policy(exc).wait(attempt)

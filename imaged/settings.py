@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     retention_days: float = Field(
         30.0, ge=0, description="finished tasks are deleted after this; 0 keeps them"
     )
+    retention_interval_s: float = Field(
+        3600.0, gt=0, description="how often the retention pass runs (it reads many tasks)"
+    )
     submit_unknown_policy: Literal["resubmit", "fail"] = Field(
         "resubmit",
         description="a task found submitted without a recorded provider task id: submit again, or fail it",

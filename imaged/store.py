@@ -1,45 +1,137 @@
-"""Task state in MongoDB (collection ``tasks``, ``_id`` = task id).
+"""Task state in MongoDB (collection ``tasks``, ``_id`` = task id), behind the :class:`TaskStore` interface.
 
 Written for MongoDB 6/7 and FerretDB 1.24 alike: plain inserts, updates and finds; no transactions, change streams,
-TTL indexes or projections in find-and-modify.
+TTL indexes or projections in find-and-modify. The hot path addresses documents by ``_id`` only (FerretDB answers
+nothing else from an index) and group-commits its writes (see ``batching.py``).
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
+from .batching import WriteBatcher
 from .contract import Status, utcnow
+from .task import Task
 
 log = logging.getLogger(__name__)
 
 TaskDoc = dict[str, Any]
 
 
-class TaskStore:
-    """Reads and writes task documents. One instance per daemon, created in its lifecycle."""
+class TaskStore(abc.ABC):
+    """Where tasks live. The daemon uses MongoDB; unit tests use an in-memory store with the same behaviour."""
+
+    @abc.abstractmethod
+    async def create(self, task: Task) -> tuple[Task, bool]:
+        """Store a new task; if its id exists already, return the stored one instead. Idempotent by task id."""
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> Task | None:
+        """The stored task, or ``None``."""
+
+    @abc.abstractmethod
+    async def save(
+        self,
+        task_id: str,
+        fields: dict[str, Any],
+        *,
+        status: Status | None = None,
+        inc: dict[str, int] | None = None,
+    ) -> None:
+        """Set fields of a task (and record a status change in its history). Nothing happens to a missing task."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, task_id: str) -> Task | None:
+        """Mark a task for cancellation; returns it as stored afterwards (``None`` if there is no such task)."""
+
+    @abc.abstractmethod
+    async def list(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        skip: int = 0,
+    ) -> list[Task]:
+        """Tasks, newest first."""
+
+    @abc.abstractmethod
+    async def count(self, *, owner: str | None = None, status: str | None = None) -> int: ...
+
+    @abc.abstractmethod
+    async def purge_finished(self, *, before: datetime) -> int:
+        """Retention: delete tasks that finished before the cutoff (their images stay)."""
+
+    @staticmethod
+    def update_for(
+        fields: dict[str, Any], status: Status | None = None, inc: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """The MongoDB update document of :meth:`save`."""
+        now = utcnow()
+        update: dict[str, Any] = {"$set": {**fields, "updated_at": now}}
+        if inc:
+            update["$inc"] = inc
+        if status is not None:
+            update["$set"]["status"] = status.value
+            update["$push"] = {"history": {"status": status.value, "at": now}}
+        return update
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Counts the commands this process sends to the database (``imaged_db_commands_total``)."""
+
+    def __init__(self, count: Any) -> None:
+        self.count = count  # a labelled counter: .labels(command).inc()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.count.labels(event.command_name).inc()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def connect(
+    url: str, *, timeout_ms: int = 5000, listeners: list[monitoring.CommandListener] | None = None
+) -> AsyncMongoClient[TaskDoc]:
+    return AsyncMongoClient(
+        url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        retryWrites=False,  # FerretDB has no retryable writes; our writes are idempotent anyway
+        event_listeners=listeners or [],
+    )
+
+
+class MongoTaskStore(TaskStore):
+    """Tasks in MongoDB. One instance per daemon (or command), created in its lifecycle."""
 
     def __init__(self, client: AsyncMongoClient[TaskDoc], db_name: str) -> None:
         self.client = client
         self.db: AsyncDatabase[TaskDoc] = client[db_name]
         self.tasks: AsyncCollection[TaskDoc] = self.db["tasks"]
+        self.writes = WriteBatcher(self.tasks)
 
     @classmethod
-    def connect(cls, url: str, db_name: str, *, timeout_ms: int = 5000) -> TaskStore:
-        client: AsyncMongoClient[TaskDoc] = AsyncMongoClient(
-            url,
-            tz_aware=True,
-            serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
-            retryWrites=False,  # FerretDB has no retryable writes; our writes are idempotent anyway
-        )
-        return cls(client, db_name)
+    def connect(
+        cls,
+        url: str,
+        db_name: str,
+        *,
+        timeout_ms: int = 5000,
+        listeners: list[monitoring.CommandListener] | None = None,
+    ) -> MongoTaskStore:
+        return cls(connect(url, timeout_ms=timeout_ms, listeners=listeners), db_name)
 
     async def close(self) -> None:
         await self.client.close()
@@ -56,56 +148,45 @@ class TaskStore:
             [("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated"
         )
         await self.tasks.create_index([("provider_task_id", ASCENDING)], name="provider_task_id")
+        await self.tasks.create_index([("finished_at", ASCENDING)], name="finished_at")
 
-    async def create(self, doc: TaskDoc) -> tuple[TaskDoc, bool]:
-        """Insert a new task; if the id exists already, return the stored one. Idempotent by task id."""
-        try:
-            await self.tasks.insert_one(doc)
-        except DuplicateKeyError:
-            existing = await self.get(doc["_id"])
-            if existing is None:  # deleted between the two calls: try once more
-                await self.tasks.insert_one(doc)
-                return doc, True
-            return existing, False
-        return doc, True
+    async def create(self, task: Task) -> tuple[Task, bool]:
+        if await self.writes.insert(task.to_doc()):
+            return task, True
+        existing = await self.get(task.id)
+        if existing is None:  # deleted between the two calls: try once more
+            if await self.writes.insert(task.to_doc()):
+                return task, True
+            existing = await self.get(task.id)
+            if existing is None:
+                raise RuntimeError(f"task {task.id} could neither be inserted nor read")
+        return existing, False
 
-    async def get(self, task_id: str) -> TaskDoc | None:
-        return await self.tasks.find_one({"_id": task_id})
+    async def get(self, task_id: str) -> Task | None:
+        doc = await self.tasks.find_one({"_id": task_id})
+        return None if doc is None else Task.from_doc(doc)
 
-    async def update(
+    async def save(
         self,
         task_id: str,
         fields: dict[str, Any],
         *,
         status: Status | None = None,
         inc: dict[str, int] | None = None,
-    ) -> TaskDoc | None:
-        """Set fields (and record a status change in the history); returns the updated document."""
-        now = utcnow()
-        update: dict[str, Any] = {"$set": {**fields, "updated_at": now}}
-        if inc:
-            update["$inc"] = inc
-        if status is not None:
-            update["$set"]["status"] = status.value
-            update["$push"] = {"history": {"status": status.value, "at": now}}
-        return await self.tasks.find_one_and_update(
-            {"_id": task_id}, update, return_document=ReturnDocument.AFTER
+    ) -> None:
+        await self.writes.update(task_id, self.update_for(fields, status, inc))
+
+    async def request_cancel(self, task_id: str) -> Task | None:
+        await self.tasks.update_one(
+            {"_id": task_id},
+            self.update_for({"cancel_requested": True, "cancel_requested_at": utcnow()}),
         )
+        return await self.get(task_id)
 
     async def purge_finished(self, *, before: datetime) -> int:
-        """Retention: delete tasks that finished before the cutoff (their images stay on disk)."""
         terminal = [s.value for s in Status if s.terminal]
-        result = await self.tasks.delete_many({"status": {"$in": terminal}, "finished_at": {"$lt": before}})
+        result = await self.tasks.delete_many({"finished_at": {"$lt": before}, "status": {"$in": terminal}})
         return result.deleted_count
-
-    async def next_seq(self, task_id: str) -> int:
-        """Allocate the next event sequence number of a task."""
-        doc = await self.tasks.find_one_and_update(
-            {"_id": task_id}, {"$inc": {"seq": 1}}, return_document=ReturnDocument.AFTER
-        )
-        if doc is None:
-            raise KeyError(task_id)
-        return int(doc["seq"])
 
     async def list(
         self,
@@ -114,31 +195,23 @@ class TaskStore:
         status: str | None = None,
         limit: int = 50,
         skip: int = 0,
-        before: datetime | None = None,
-    ) -> list[TaskDoc]:
-        query: dict[str, Any] = {}
-        if owner is not None:
-            query["owner"] = owner
-        if status is not None:
-            query["status"] = status
-        if before is not None:
-            query["created_at"] = {"$lt": before}
+    ) -> list[Task]:
         cursor = (
-            self.tasks.find(query)
+            self.tasks.find(self._query(owner, status))
             .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
             .skip(skip)
             .limit(limit)
         )
-        return [doc async for doc in cursor]
+        return [Task.from_doc(doc) async for doc in cursor]
 
     async def count(self, *, owner: str | None = None, status: str | None = None) -> int:
+        return await self.tasks.count_documents(self._query(owner, status))
+
+    @staticmethod
+    def _query(owner: str | None, status: str | None) -> dict[str, Any]:
         query: dict[str, Any] = {}
         if owner is not None:
             query["owner"] = owner
         if status is not None:
             query["status"] = status
-        return await self.tasks.count_documents(query)
-
-    async def request_cancel(self, task_id: str) -> TaskDoc | None:
-        """Mark a task for cancellation: its job cancels it at the provider on its next poll (or when it starts)."""
-        return await self.update(task_id, {"cancel_requested": True, "cancel_requested_at": utcnow()})
+        return query

@@ -87,7 +87,7 @@ async def test_open_mode_without_anything_configured() -> None:
     await auth.start()
     assert auth.open
     who = await auth.authenticate(None)
-    assert who.tenant is None and who.can_see({"owner": "anyone"})
+    assert who.tenant is None and who.can_see("anyone")
 
 
 async def test_bearer_parsing() -> None:

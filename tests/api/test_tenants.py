@@ -119,8 +119,8 @@ async def test_tenants_see_only_their_own_tasks(
     assert all(e["status"] == "completed" for e in terminal.values()), terminal
 
     for tenant, task_id in created.items():
-        doc = await api_daemon.store.get(task_id)
-        assert doc is not None and doc["owner"] == tenant
+        stored = await api_daemon.store.get(task_id)
+        assert stored is not None and stored.owner == tenant
         other = "bob" if tenant == "alice" else "alice"
         for via in VIAS:
             mine = creds.headers(tenant, via)
@@ -183,8 +183,8 @@ async def test_bus_requests_belong_to_their_amqp_user(
     body = json.dumps(seed_json("wanx2.1-t2i-turbo")).encode()
     await bus.publish(body, message_id=task_id, user_id="guest")
     await bus.wait_terminal([task_id], within=30)
-    doc = await api_daemon.store.get(task_id)
-    assert doc is not None and doc["owner"] == "guest"
+    stored = await api_daemon.store.get(task_id)
+    assert stored is not None and stored.owner == "guest"
     _, guest_key = await ApiKeys(api_daemon.store.db["api_keys"]).add("guest")
     url = f"{api_daemon.http_url}/api/v1/tasks/{task_id}/status"
     reply = await call(http, "GET", url, headers={"Authorization": f"Bearer {guest_key}"})

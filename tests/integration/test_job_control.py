@@ -40,8 +40,8 @@ async def set_task_seconds(sim: Simulator, seconds: float) -> None:
 async def wait_status(daemon: Daemon, task_id: str, status: str, within: float = 20) -> None:
     async with asyncio.timeout(within):
         while True:
-            doc = await daemon.store.get(task_id)
-            if doc is not None and doc["status"] == status:
+            task = await daemon.store.get(task_id)
+            if task is not None and task.status == status:
                 return
             await asyncio.sleep(0.05)
 
@@ -51,11 +51,11 @@ async def test_cancel_a_running_task(daemon: Daemon, bus: Bus, simulator: Simula
     task_id = secrets.token_hex(12)
     await bus.publish(seed_body("star-3-alpha-t2i"), message_id=task_id)
     await wait_status(daemon, task_id, "processing")
-    await daemon.store.update(task_id, {"cancel_requested": True})
+    await daemon.cancel(task_id)
     event = (await bus.wait_terminal([task_id], within=20))[task_id]
     assert event["status"] == "canceled" and event["error"]["category"] == "canceled"
-    doc = await daemon.store.get(task_id)
-    assert doc is not None and doc["status"] == "canceled" and doc["provider_task_id"]
+    stored = await daemon.store.get(task_id)
+    assert stored is not None and stored.status == "canceled" and stored.provider_task_id
 
 
 async def test_cancel_reaches_dashscope(daemon: Daemon, bus: Bus, simulator: Simulator) -> None:
@@ -63,7 +63,7 @@ async def test_cancel_reaches_dashscope(daemon: Daemon, bus: Bus, simulator: Sim
     task_id = secrets.token_hex(12)
     await bus.publish(seed_body("wanx2.1-t2i-turbo"), message_id=task_id)
     await wait_status(daemon, task_id, "processing")
-    await daemon.store.update(task_id, {"cancel_requested": True})
+    await daemon.cancel(task_id)
     event = (await bus.wait_terminal([task_id], within=20))[task_id]
     assert event["status"] == "canceled"
     assert (await sim_stats(simulator))["aliyun"]["cancels"] == 1
@@ -109,12 +109,12 @@ async def test_request_expired_in_queue_is_never_submitted(
     try:
         # The broker dead-lettered it; the daemon turns that into a failed task with its event.
         event = (await bus.wait_terminal([task_id], within=20))[task_id]
-        doc = await daemon.store.get(task_id)
+        stored = await daemon.store.get(task_id)
     finally:
         await daemon.stop()
     assert event["status"] == "failed"
     assert (event["error"]["category"], event["error"]["code"]) == ("timeout", "expired")
-    assert doc is not None and doc["status"] == "failed"
+    assert stored is not None and stored.status == "failed"
     assert (await sim_stats(simulator))["liblibai"]["submits"] == 0
 
 
@@ -150,8 +150,8 @@ async def test_failing_credential_leaves_rotation(
     terminal = await bus.wait_terminal(ids, within=30)
     assert {e["status"] for e in terminal.values()} == {"completed"}
     for task_id in ids:
-        doc = await daemon.store.get(task_id)
-        assert doc is not None and doc["credential"] == "liblibai-2"
+        stored = await daemon.store.get(task_id)
+        assert stored is not None and stored.credential == "liblibai-2"
     ready = await daemon.readiness()
     assert ready["credentials"]["liblibai"] == {"liblibai-1": "out of rotation", "liblibai-2": "active"}
     text = daemon.metrics.registry.get_sample_value(
@@ -195,8 +195,8 @@ async def test_task_canceled_while_waiting_for_a_slot_is_never_submitted(
     await wait_status(daemon, first, "processing")
     await bus.publish(seed_body("wanx2.1-t2i-turbo"), message_id=second)
     await asyncio.sleep(1.0)  # the second task now waits for the only slot
-    await daemon.store.update(second, {"cancel_requested": True})
-    await daemon.store.update(first, {"cancel_requested": True})  # frees the slot
+    await daemon.cancel(second)
+    await daemon.cancel(first)  # frees the slot
     terminal = await bus.wait_terminal([first, second], within=30)
     assert terminal[second]["status"] == "canceled"
     assert (await sim_stats(simulator))["aliyun"]["submits"] == 1

@@ -59,10 +59,11 @@ async def test_original_requests_end_to_end(daemon: Daemon, bus: Bus) -> None:
                 assert result.pointsCost is not None and result.accountBalance is not None
                 assert image.auditStatus == 3
 
-            doc = await daemon.store.get(task_id)
-            assert doc is not None and doc["status"] == "completed"
-            assert doc["provider_task_id"] == result.id
-            assert doc["terminal_event"]["event_id"] == event["event_id"]
+            stored = await daemon.store.get(task_id)
+            assert stored is not None and stored.status == "completed"
+            assert stored.provider_task_id == result.id
+            assert stored.terminal_event is not None
+            assert stored.terminal_event["event_id"] == event["event_id"]
 
             async with http.get(f"{daemon.http_url}/api/v1/tasks/{task_id}/status") as resp:
                 assert resp.status == 200
