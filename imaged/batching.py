@@ -1,8 +1,13 @@
-"""Group commit: writes that many jobs make at the same moment go to the database as one command.
+"""Group commit: inserts and deletes that many jobs make at the same moment go to the database as one command.
 
 The first write goes out at once; writes that arrive while a command is in flight wait for it and then go out
 together. An idle daemon therefore pays no latency, and a busy one pays one round trip per batch instead of one
 per write. Each write still learns its own outcome: a duplicate key fails only that insert.
+
+Updates are not grouped: FerretDB 1.24 keeps the read cursor of every update statement of a command open until
+the command ends and needs one more connection for each statement's write, so a command of many statements (or
+many update commands at once) exhausts its pool of 100 SQLite connections and hangs it for good. Updates go one
+per command, at most ``UPDATES_AT_ONCE`` at a time per collection.
 
 Every statement addresses one document by ``_id``, so the database answers each from the ``_id`` index (a
 filter on anything else, or ``$in``, makes FerretDB read the whole collection).
@@ -16,13 +21,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from pymongo import DeleteOne, UpdateOne
+from pymongo import DeleteOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+#: update commands in flight per collection (each holds two of FerretDB's connections while it runs)
+UPDATES_AT_ONCE = 6
 
 Op = TypeVar("Op")
 Doc = dict[str, Any]
@@ -104,7 +111,8 @@ class WriteBatcher:
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self.collection = collection
         self._inserts: _Queue[Doc] = _Queue(self._send_inserts)
-        self._writes: _Queue[UpdateOne | DeleteOne] = _Queue(self._send_writes)
+        self._deletes: _Queue[DeleteOne] = _Queue(self._send_deletes)
+        self._updates = asyncio.Semaphore(UPDATES_AT_ONCE)
 
     async def insert(self, doc: Doc) -> bool:
         """Insert a document; ``False`` if its ``_id`` exists already."""
@@ -112,10 +120,11 @@ class WriteBatcher:
 
     async def update(self, doc_id: Any, update: Doc) -> None:
         """Apply an update to the document with this ``_id`` (nothing happens if there is none)."""
-        await self._writes.submit(UpdateOne({"_id": doc_id}, update))
+        async with self._updates:
+            await self.collection.update_one({"_id": doc_id}, update)
 
     async def delete(self, doc_id: Any) -> None:
-        await self._writes.submit(DeleteOne({"_id": doc_id}))
+        await self._deletes.submit(DeleteOne({"_id": doc_id}))
 
     async def _send_inserts(self, docs: list[Doc]) -> list[BaseException | bool]:
         if len(docs) == 1:
@@ -130,7 +139,7 @@ class WriteBatcher:
             return _outcomes(len(docs), exc)
         return [True] * len(docs)
 
-    async def _send_writes(self, ops: Sequence[UpdateOne | DeleteOne]) -> list[BaseException | bool]:
+    async def _send_deletes(self, ops: Sequence[DeleteOne]) -> list[BaseException | bool]:
         try:
             await self.collection.bulk_write(list(ops), ordered=False)
         except BulkWriteError as exc:

@@ -1,20 +1,27 @@
 """One replica drives a task at a time: its claim is a document ``{_id: task id, holder, state}`` in ``claims``.
 
 A claim is taken by inserting it (the unique ``_id`` lets exactly one replica win, on MongoDB and FerretDB alike)
-and is valid while its holder is alive (``replicas.py``): it needs no renewal. A task on its first delivery takes
-its claim just before it is submitted, so the claim is also the mark that a submit may have reached the provider;
-a task delivered again (after a crash, a lost channel or a duplicate request) takes it before anything else. A
-claim whose holder died is taken over with what it knew (``state``). Claims are deleted once their task ended.
+and is valid while its holder is alive (``replicas.py``): it needs no renewal. Nothing terminal is ever written
+for a task without holding its claim.
+
+A task on its first delivery starts from the copy that intake put in the lane message, without reading the
+database, and inserts its claim just before it is submitted: the claim is then also the mark that a submit may
+have reached the provider. If a claim exists already, the task was driven before (a crash, a lost channel, a
+duplicate request): the job takes the slow way, reads the stored task and takes the claim over from a holder
+that is gone, with what it knew (``state``). Claims stay after their task ended, so that a stale copy of a lane
+message can never start the task again; retention deletes them with their tasks.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from .batching import WriteBatcher
@@ -42,24 +49,57 @@ class Claim:
     holder: str | None = None
 
 
-class Claims:
+class Claims(abc.ABC):
+    """Who drives which task. The daemon keeps claims in MongoDB; unit tests keep them in memory."""
+
+    @abc.abstractmethod
+    async def insert(self, task_id: str, state: ClaimState) -> bool:
+        """Claim a task nobody ever claimed; False if a claim exists (whoever holds it)."""
+
+    @abc.abstractmethod
+    async def take(self, task_id: str, state: ClaimState, *, reentrant: bool = True) -> Claim:
+        """Claim a task for this replica; not taken when a live replica holds it (this one too, unless
+        ``reentrant``: a job of this replica holds it then, or held it and stopped)."""
+
+    @abc.abstractmethod
+    async def mark(self, task_id: str, state: ClaimState) -> None:
+        """Record what the holder is doing with the task."""
+
+    @abc.abstractmethod
+    async def hand_back(self, task_id: str) -> None:
+        """The job stopped without an outcome: anyone may take the claim over, and learns its state."""
+
+    @abc.abstractmethod
+    async def still_held(self, task_id: str) -> bool:
+        """Whether this replica certainly still holds the claim (an outage may have let another take it)."""
+
+
+class MongoClaims(Claims):
+    """Claims in the ``claims`` collection, valid while their holder's registration is (``replicas.py``)."""
+
     def __init__(self, collection: AsyncCollection[dict[str, Any]], replicas: Replicas) -> None:
         self.collection = collection
         self.replicas = replicas
         self.writes = WriteBatcher(collection)
 
+    async def ensure_indexes(self) -> None:
+        await self.collection.create_index([("at", ASCENDING)], name="at")
+
+    def _doc(self, task_id: str, state: ClaimState) -> dict[str, Any]:
+        return {"_id": task_id, "holder": self.replicas.me, "state": state.value, "at": utcnow()}
+
+    async def insert(self, task_id: str, state: ClaimState) -> bool:
+        return await self.writes.insert(self._doc(task_id, state))
+
     async def take(self, task_id: str, state: ClaimState, *, reentrant: bool = True) -> Claim:
-        """Claim a task for this replica; not taken when a live replica holds it (this one too, unless
-        ``reentrant``: a job of this replica holds it then, or held it and stopped)."""
         me = self.replicas.me
         previous: ClaimState | None = None
         for _ in range(3):
-            doc = {"_id": task_id, "holder": me, "state": state.value, "at": utcnow()}
-            if await self.writes.insert(doc):
+            if await self.writes.insert(self._doc(task_id, state)):
                 return Claim(True, previous)
             existing = await self.collection.find_one({"_id": task_id})
             if existing is None:
-                continue  # released meanwhile: insert again
+                continue  # removed meanwhile: insert again
             holder = str(existing.get("holder", ""))
             known = _state(existing.get("state"))
             if holder == me:
@@ -77,33 +117,27 @@ class Claims:
         return Claim(False, previous)
 
     async def mark(self, task_id: str, state: ClaimState) -> None:
-        await self.writes.update(task_id, {"$set": {"state": state.value}})
-
-    async def release(self, task_id: str) -> None:
-        """The task ended: forget the claim."""
-        await self.writes.delete(task_id)
+        update = {"$set": {"state": state.value}}
+        if self.replicas.renewed_recently():  # nobody can have taken it over: address it by _id alone
+            await self.writes.update(task_id, update)
+        else:
+            await self.collection.update_one({"_id": task_id, "holder": self.replicas.me}, update)
 
     async def hand_back(self, task_id: str) -> None:
-        """The job stopped without an outcome: anyone may take the claim over, and learns its state."""
         await self.collection.update_one(
             {"_id": task_id, "holder": self.replicas.me}, {"$set": {"holder": ""}}
         )
 
-    async def holds(self, task_id: str) -> bool:
-        """Whether this replica still holds the claim (after an outage it may have been taken over)."""
+    async def still_held(self, task_id: str) -> bool:
+        if self.replicas.renewed_recently():
+            return True
         doc = await self.collection.find_one({"_id": task_id})
         return doc is not None and doc.get("holder") == self.replicas.me
 
-    async def purge_stale(self, older_than_s: float) -> int:
-        """Janitor: claims of replicas gone for longer than any task may last (their tasks cannot resume)."""
-        cutoff = utcnow() - timedelta(seconds=older_than_s)
-        removed = 0
-        async for doc in self.collection.find({"at": {"$lt": cutoff}}):
-            holder = str(doc.get("holder", ""))
-            if await self.replicas.is_gone(holder):
-                result = await self.collection.delete_one({"_id": doc["_id"], "holder": holder})
-                removed += result.deleted_count
-        return removed
+    async def purge(self, *, before: datetime) -> int:
+        """Retention: claims taken before the cutoff (their tasks are gone or going)."""
+        result = await self.collection.delete_many({"at": {"$lt": before}})
+        return result.deleted_count
 
 
 def _state(value: Any) -> ClaimState | None:

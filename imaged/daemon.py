@@ -22,7 +22,7 @@ from .api import create_app
 from .broker import Broker, Consumer, Topology
 from .cancels import CancelBoard
 from .catalog import Catalog
-from .claims import Claims
+from .claims import MongoClaims
 from .contract import is_valid_task_id, utcnow
 from .deadletters import DeadLetterWatcher
 from .errors import ConfigError
@@ -38,7 +38,7 @@ from .providers.base import Provider
 from .providers.registry import available_providers
 from .replicas import Replicas, replica_id
 from .settings import Settings
-from .shares import Shares
+from .shares import SharedShares
 from .store import CommandCounter, MongoTaskStore
 from .task import Task
 
@@ -67,8 +67,8 @@ class Daemon:
         self.broker = Broker(settings.amqp_url.get_secret_value(), self.topology)
         self.replica = replica_id()
         self.replicas = Replicas(self.store.db["replicas"], self.replica, settings.lease_ttl_s)
-        self.shares = Shares(self.store.db["shares"], self.replicas)
-        self.claims = Claims(self.store.db["claims"], self.replicas)
+        self.shares = SharedShares(self.store.db["shares"], self.replicas)
+        self.claims = MongoClaims(self.store.db["claims"], self.replicas)
         self.cancels = CancelBoard()
         self._stopping = asyncio.Event()
         self._draining = asyncio.Event()  # set first on shutdown: no new submits
@@ -90,6 +90,7 @@ class Daemon:
         self.providers = self._build_providers(self.session)
         await self.store.ensure_indexes()
         await self.replicas.ensure_indexes()
+        await self.claims.ensure_indexes()
         await self.broker.connect()
         assert self.broker.channel is not None
         await self.broker.declare(self.broker.channel, list(self.providers))
@@ -273,11 +274,12 @@ class Daemon:
         retention_due = time.monotonic() + self.settings.retention_interval_s
         while not self._stopping.is_set():
             try:
-                await self.claims.purge_stale(STALE_CLAIM_S)
                 await self.replicas.purge_expired()
                 if self.settings.retention_days > 0 and time.monotonic() >= retention_due:
                     retention_due = time.monotonic() + self.settings.retention_interval_s
                     cutoff = utcnow() - timedelta(days=self.settings.retention_days)
+                    # A claim outlives its task's deadline (a day at most) before it may go.
+                    await self.claims.purge(before=min(cutoff, utcnow() - timedelta(seconds=STALE_CLAIM_S)))
                     removed = await self.store.purge_finished(before=cutoff)
                     if removed:
                         log.info(

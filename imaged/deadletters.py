@@ -100,10 +100,7 @@ class DeadLetterWatcher:
             claim = await self.claims.take(task_id, ClaimState.CLAIMED, reentrant=False)
             if not claim.taken:
                 return
-            try:
-                latest = await self.store.get(task_id) or task
-                if not latest.terminal:
-                    await self.events.finish(latest, Status.FAILED, error=error)
-            finally:
-                await self.claims.release(task_id)
+            latest = await self.store.get(task_id) or task
+            if not latest.terminal:
+                await self.events.finish(latest, Status.FAILED, error=error)
         log.warning("task failed: %s", error.message, extra={"task_id": task_id, "code": error.code})

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import os
 import secrets
 import socket
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,8 +31,11 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024
 PART_SUFFIX = ".part"
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: bytes of an image's start kept for sniffing its type and, for a PNG, reading its size
+HEAD_BYTES = 64
 _MAGIC: list[tuple[bytes, str, str]] = [
-    (b"\x89PNG\r\n\x1a\n", "png", "image/png"),
+    (PNG_MAGIC, "png", "image/png"),
     (b"\xff\xd8\xff", "jpg", "image/jpeg"),
     (b"GIF87a", "gif", "image/gif"),
     (b"GIF89a", "gif", "image/gif"),
@@ -91,77 +97,157 @@ class ImageDownloader:
             )
 
     async def download(self, url: str, provider: str, index: int, when: datetime) -> SavedImage:
-        """Fetch one image. Raises DownloadError (retryable when the fault is transient)."""
-        self.check_url(url)
-        await asyncio.to_thread(self.image_dir.mkdir, parents=True, exist_ok=True)
-        part = self.image_dir / part_name()
-        try:
-            return await self._fetch(url, part, provider, index, when)
-        finally:
-            await asyncio.to_thread(part.unlink, missing_ok=True)
+        """Fetch one image. Raises DownloadError (retryable when the fault is transient).
 
-    async def _fetch(self, url: str, part: Path, provider: str, index: int, when: datetime) -> SavedImage:
+        An image that fits in one chunk is written, checked and renamed in one trip to a worker thread; a
+        larger one is streamed to its temporary file chunk by chunk.
+        """
+        self.check_url(url)
         digest = hashlib.sha256()
         size = 0
-        head = b""
+        pending: list[bytes] = []  # held until they exceed one chunk, then written
+        part: PartFile | None = None
         try:
-            async with self.session.get(url, timeout=self.timeout, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise DownloadError(
-                        f"image download answered HTTP {resp.status}",
-                        code=f"http_{resp.status}",
-                        retryable=resp.status >= 500 or resp.status == 429,
-                        provider_status=resp.status,
-                    )
-                if resp.content_length is not None and resp.content_length > self.max_bytes:
-                    raise DownloadError(
-                        f"image is larger than the {self.max_bytes}-byte cap", code="too_large"
-                    )
-                fd = await asyncio.to_thread(os.open, part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
+            try:
+                async with self.session.get(url, timeout=self.timeout, allow_redirects=False) as resp:
+                    if resp.status != 200:
+                        raise DownloadError(
+                            f"image download answered HTTP {resp.status}",
+                            code=f"http_{resp.status}",
+                            retryable=resp.status >= 500 or resp.status == 429,
+                            provider_status=resp.status,
+                        )
+                    if resp.content_length is not None and resp.content_length > self.max_bytes:
+                        raise DownloadError(
+                            f"image is larger than the {self.max_bytes}-byte cap", code="too_large"
+                        )
+                    head = b""
                     async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
                         size += len(chunk)
                         if size > self.max_bytes:
                             raise DownloadError(
                                 f"image is larger than the {self.max_bytes}-byte cap", code="too_large"
                             )
-                        if len(head) < 16:
-                            head += chunk[:16]
+                        if len(head) < HEAD_BYTES:
+                            head += chunk[: HEAD_BYTES - len(head)]
                         digest.update(chunk)
-                        await asyncio.to_thread(os.write, fd, chunk)
-                    await asyncio.to_thread(os.fsync, fd)
-                finally:
-                    await asyncio.to_thread(os.close, fd)
-                if resp.content_length is not None and size != resp.content_length:
-                    raise DownloadError("image download was truncated", code="truncated", retryable=True)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DownloadError(
-                f"image download failed: {type(exc).__name__}", code="connection_error", retryable=True
-            ) from exc
-        kind = sniff(head)
-        if kind is None:
-            raise DownloadError("downloaded file is not a PNG, JPEG, GIF or WebP image", code="not_an_image")
-        ext, content_type = kind
-        try:
-            width, height = await asyncio.to_thread(_dimensions, part)
-        except (OSError, Image.DecompressionBombError) as exc:
-            raise DownloadError(
-                f"downloaded image is unreadable: {exc}", code="corrupt_image", retryable=True
-            ) from exc
-        final = self.image_dir / image_name(provider, when, index, ext)
-        await asyncio.to_thread(os.replace, part, final)
+                        if part is not None:
+                            await asyncio.to_thread(part.write, chunk)
+                            continue
+                        pending.append(chunk)
+                        if size > CHUNK_BYTES:
+                            part = await asyncio.to_thread(PartFile.create, self.image_dir, pending)
+                            pending = []
+                    if resp.content_length is not None and size != resp.content_length:
+                        raise DownloadError("image download was truncated", code="truncated", retryable=True)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise DownloadError(
+                    f"image download failed: {type(exc).__name__}", code="connection_error", retryable=True
+                ) from exc
+            kind = sniff(head)
+            if kind is None:
+                raise DownloadError(
+                    "downloaded file is not a PNG, JPEG, GIF or WebP image", code="not_an_image"
+                )
+            ext, content_type = kind
+            final = self.image_dir / image_name(provider, when, index, ext)
+            if part is None:
+                part = await asyncio.to_thread(PartFile.create, self.image_dir, pending)
+            width, height = await asyncio.to_thread(part.complete, final, png_size(head))
+            part = None
+        finally:
+            if part is not None:
+                await asyncio.to_thread(part.discard)
         return SavedImage(final, digest.hexdigest(), size, width, height, content_type)
 
 
+class PartFile:
+    """A download's temporary file beside its final name. Methods block: call them in a worker thread."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def create(cls, image_dir: Path, chunks: list[bytes]) -> PartFile:
+        path = image_dir / part_name()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            image_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        part = cls(path, fd)
+        try:
+            for chunk in chunks:
+                part.write(chunk)
+        except BaseException:
+            part.discard()
+            raise
+        return part
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def complete(self, final: Path, size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Flush to disk, read the dimensions (unless known from the header), and rename into place; the part
+        is gone afterwards."""
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            width, height = size or _dimensions(self.path)
+            os.replace(self.path, final)
+        except BaseException:
+            self.discard()
+            raise
+        return width, height
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.path.unlink(missing_ok=True)
+
+
+def png_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk, checked with its CRC; None if the bytes hold no such chunk.
+
+    Pillow would read the same header; reading it here spares a file open for the most common format.
+    """
+    if len(head) < 33 or not head.startswith(PNG_MAGIC) or head[8:16] != b"\x00\x00\x00\rIHDR":
+        return None
+    if zlib.crc32(head[12:29]) != struct.unpack(">I", head[29:33])[0]:
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    if not (width and height) or width * height > 2 * (Image.MAX_IMAGE_PIXELS or 1 << 62):
+        return None  # let Pillow name what is wrong
+    return width, height
+
+
 def _dimensions(path: Path) -> tuple[int, int]:
-    with Image.open(path) as img:
-        img.verify()
-        return img.size
+    """Width and height from the image's header, raising DownloadError for what no image viewer would show.
+
+    Pillow reads the header only (no decoding), so memory stays small whatever the image's size; an image whose
+    header announces more pixels than Pillow allows is refused as a decompression bomb.
+    """
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        raise DownloadError(
+            f"downloaded image is unreadable: {exc}", code="corrupt_image", retryable=True
+        ) from exc
+
+
+_part_numbers = itertools.count()
 
 
 def part_name() -> str:
-    """A temporary download's name records its host and process, so a restart can tell whose leftovers it sees."""
-    return f".{socket.gethostname()}_{os.getpid()}_{secrets.token_hex(6)}{PART_SUFFIX}"
+    """A temporary download's name records its host and process, so a restart can tell whose leftovers it sees
+    (and a number, unique within the process)."""
+    return f".{socket.gethostname()}_{os.getpid()}_{next(_part_numbers):x}{PART_SUFFIX}"
 
 
 def leftover_parts(image_dir: Path) -> list[Path]:

@@ -155,9 +155,11 @@ class Intake:
             return "duplicate"
         if created:
             await self.events.sink.publish(build_event(stored, Status.PENDING, progress=0.0))
+        # A new task travels with its lane message, so its job need not read it back.
+        lane_message = {"task_id": task_id, "task": stored.to_message()} if created else {"task_id": task_id}
         await self.broker.publish_to_queue(
             self.broker.topology.work(spec.provider),
-            json.dumps({"task_id": task_id}).encode(),
+            json.dumps(lane_message, ensure_ascii=False).encode(),
             message_id=task_id,
             correlation_id=message.correlation_id,
             # A task recorded before: an earlier run may have started it somewhere.

@@ -3,10 +3,11 @@
 A job may start on a fresh task or on one that a crashed replica left behind: it reads the stored state and
 resumes (a stored provider task id is polled, never submitted again; a terminal task re-publishes its event).
 
-The database sees a task a handful of times, however long it runs and however many tasks wait: one read when
-the job starts, the claim just before the submit, the provider's task id, the terminal state, the claim's
-removal (writes are group-committed with other jobs'). Slots and turns are taken in memory (``limits.py``),
-polls write nothing, and a cancel is heard as a broadcast (``cancels.py``).
+The database sees a new task three times, however long it runs and however many tasks wait: its claim just
+before the submit, the provider's task id, the terminal state (the task itself arrives with its lane message;
+inserts are group-committed with other jobs'). Slots and turns are taken in memory (``limits.py``), polls write
+nothing, and a cancel is heard as a broadcast (``cancels.py``). A task delivered again is read from the
+database and its claim taken over (``claims.py``).
 """
 
 from __future__ import annotations
@@ -73,13 +74,23 @@ class Job:
     """Drives one task to a terminal status. ``run`` returns when the outcome is stored and its event confirmed."""
 
     def __init__(
-        self, deps: JobDeps, provider: Provider, limits: ProviderLimits, task_id: str, *, resumed: bool
+        self,
+        deps: JobDeps,
+        provider: Provider,
+        limits: ProviderLimits,
+        task_id: str,
+        *,
+        resumed: bool,
+        snapshot: Task | None = None,
     ) -> None:
         self.deps = deps
         self.provider = provider
         self.limits = limits
         self.task_id = task_id
         self.resumed = resumed
+        #: the task as intake stored it, from the lane message of its first delivery
+        self.snapshot = snapshot
+        #: this job holds the task's claim and has not finished it
         self.claimed = False
         self.claim_state = ClaimState.CLAIMED
         #: an earlier submit may have reached the provider without its task id being recorded
@@ -95,7 +106,10 @@ class Job:
         """Take the task from its stored state to a terminal status (waiting while another replica drives it)."""
         try:
             while True:
-                task = await self.deps.store.get(self.task_id)
+                if self.snapshot is not None and not self.resumed:
+                    task: Task | None = self.snapshot
+                else:
+                    task = await self.deps.store.get(self.task_id)
                 if task is None:
                     raise TaskError(f"task {self.task_id} is not in the store", code="unknown_task")
                 if not task.terminal and (self.resumed or task.status is not Status.PENDING):
@@ -103,7 +117,7 @@ class Job:
                 if task.terminal:
                     log.info("re-publishing the terminal event of an already finished task")
                     await self.deps.events.republish(task)
-                    await self._release()
+                    self.claimed = False  # the claim stays with the task
                     return task.status
                 try:
                     return await self._run_task(task)
@@ -197,31 +211,39 @@ class Job:
         )
         return fresh
 
+    async def _claim_new(self, task: Task, state: ClaimState) -> None:
+        """First delivery: claim a task nobody claimed before, or learn that somebody did (then the task is
+        read from the database and resumed, whatever this copy of it says)."""
+        if not await self.deps.claims.insert(task.id, state):
+            raise ClaimHeld("the task was claimed before")
+        self.claimed = True
+        self.claim_state = state
+
+    async def _ensure_claim(self, task: Task) -> None:
+        """Nothing terminal is written for a task without holding its claim."""
+        if self.claimed:
+            return
+        if not self.resumed:
+            await self._claim_new(task, ClaimState.CLAIMED)
+            return
+        claim = await self.deps.claims.take(task.id, ClaimState.CLAIMED)
+        if not claim.taken:
+            raise ClaimHeld(claim.holder)
+        self.claimed = True
+        self.claim_state = claim.previous or ClaimState.CLAIMED
+
     async def _claim_for_submit(self, task: Task) -> None:
         """Mark that a submit may now reach the provider; on a first delivery this is also the claim."""
         d = self.deps
         if not self.claimed:
-            claim = await d.claims.take(task.id, ClaimState.SUBMITTING)
-            if not claim.taken:
-                raise ClaimHeld(claim.holder)
-            self.claimed = True
-            if claim.previous is ClaimState.SUBMITTING:
-                self.ambiguous = True
+            await self._claim_new(task, ClaimState.SUBMITTING)
         else:
-            if not d.claims.replicas.renewed_recently() and not await d.claims.holds(task.id):
+            if not await d.claims.still_held(task.id):
                 self.claimed = False
                 raise HandBack("lost the claim on this task (this replica's registration lapsed)")
             if self.claim_state is not ClaimState.SUBMITTING:
                 await d.claims.mark(task.id, ClaimState.SUBMITTING)
         self.claim_state = ClaimState.SUBMITTING
-
-    async def _release(self) -> None:
-        if self.claimed:
-            self.claimed = False
-            try:
-                await self.deps.claims.release(self.task_id)
-            except Exception as exc:  # noqa: BLE001 - a leftover claim is found and handled on redelivery
-                log.warning("could not remove the claim of a finished task: %s", type(exc).__name__)
 
     async def _hand_back(self) -> None:
         """The job stops without an outcome: keep what the claim knows, but let anyone take it over."""
@@ -257,7 +279,7 @@ class Job:
                 self._submit_unknown()
             self.outside_submit.clear()
             try:
-                return await self.provider.submit(cred, spec, task.parameters)
+                return await self._counted("submit", self.provider.submit(cred, spec, task.parameters))
             except TaskError as exc:
                 self.outside_submit.set()
                 self.ambiguous = exc.code in AMBIGUOUS_SUBMIT_CODES
@@ -335,11 +357,18 @@ class Job:
             if self._cancel_requested(task):
                 await self._cancel_at_provider(spec, cred, provider_task_id)
                 return PollResult(ProviderState.CANCELED)
-            self._check_deadline(task)
+            try:
+                self._check_deadline(task)
+            except TaskError:
+                # Nobody waits for the images any more: stop the provider's work where it can be stopped.
+                await self._cancel_at_provider(spec, cred, provider_task_id)
+                raise
 
             async def poll_once() -> PollResult:
                 await self.limits.before_poll(cred)
-                return await self.provider.poll(cred, spec, provider_task_id, task.parameters)
+                return await self._counted(
+                    "poll", self.provider.poll(cred, spec, provider_task_id, task.parameters)
+                )
 
             poll = await self._with_retries(task, "poll", poll_once)
             if poll.state.terminal:
@@ -386,13 +415,8 @@ class Job:
         attempt = 0
         while True:
             try:
-                result = await call()
-                self.deps.metrics.provider_requests.labels(self.provider.name, operation, "ok").inc()
-                return result
+                return await call()
             except TaskError as exc:
-                self.deps.metrics.provider_requests.labels(
-                    self.provider.name, operation, exc.category.value
-                ).inc()
                 if not exc.retryable:
                     raise
                 wait = policy.delay(attempt, exc.retry_after)
@@ -408,6 +432,17 @@ class Job:
                 log.info("retrying %s in %.1fs: %s", operation, wait, exc.message, extra={"code": exc.code})
                 attempt += 1
                 await asyncio.sleep(0 if retry.testing() else wait)
+
+    async def _counted(self, operation: str, request: Awaitable[T]) -> T:
+        """One request to the provider, counted by outcome in ``imaged_provider_requests_total``."""
+        requests = self.deps.metrics.provider_requests
+        try:
+            result = await request
+        except TaskError as exc:
+            requests.labels(self.provider.name, operation, exc.category.value).inc()
+            raise
+        requests.labels(self.provider.name, operation, "ok").inc()
+        return result
 
     # -- download -----------------------------------------------------------------------------------------------
 
@@ -475,10 +510,13 @@ class Job:
     async def finish(
         self, task: Task, status: Status, *, result: Result | None = None, error: ErrorInfo | None = None
     ) -> Status:
-        """Store the terminal state with its event, publish the event (confirmed by the broker), drop the claim."""
+        """Store the terminal state with its event and publish the event (confirmed by the broker). The claim
+        stays with the task, so that a stale copy of its lane message cannot start it again."""
         d = self.deps
+        await self._ensure_claim(task)
         started = time.monotonic()
         await d.events.finish(task, status, result=result, error=error)
+        self.claimed = False
         d.metrics.stage_duration.labels(task.provider, "publish").observe(time.monotonic() - started)
         d.metrics.tasks.labels(task.provider, task.model, status.value).inc()
         if error is not None:
@@ -487,7 +525,6 @@ class Job:
             (utcnow() - task.created_at).total_seconds()
         )
         log.info("task %s", status.value, extra={"category": error.category.value if error else None})
-        await self._release()
         return status
 
 

@@ -21,6 +21,7 @@ from .limits import ProviderLimits
 from .logs import job_context
 from .outage import is_outage, wait_out
 from .providers.base import Provider
+from .task import Task
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ class Lane:
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
-            task_id = str(json.loads(message.body)["task_id"])
+            body = json.loads(message.body)
+            task_id = str(body["task_id"])
         except (ValueError, KeyError, TypeError):
             await self.broker.dead_letter(
                 message, "bad_work_message", {"message": "lane message without task_id"}
@@ -98,16 +100,18 @@ class Lane:
             self.deliveries[task_id].append(message)
             return
         self.deliveries[task_id] = [message]
-        # A first delivery takes the fast path; anything else may meet a task another run left behind.
+        # A first delivery starts from the task it carries; anything else may meet a task another run left
+        # behind, and reads it from the database.
         resumed = bool(message.redelivered or (message.headers or {}).get(RESUME_HEADER))
-        self.jobs[task_id] = asyncio.create_task(self._run(task_id, resumed), name=f"job:{task_id}")
+        snapshot = None if resumed else _snapshot(body, task_id)
+        self.jobs[task_id] = asyncio.create_task(self._run(task_id, resumed, snapshot), name=f"job:{task_id}")
 
-    async def _run(self, task_id: str, resumed: bool) -> None:
+    async def _run(self, task_id: str, resumed: bool, snapshot: Task | None) -> None:
         gauge = self.deps.metrics.in_flight.labels(self.provider.name)
         gauge.inc()
         try:
             with job_context(task_id=task_id, provider=self.provider.name):
-                ack = await self._run_job(task_id, resumed)
+                ack = await self._run_job(task_id, resumed, snapshot)
             await self._settle_all(task_id, ack=ack)
         finally:
             self.deliveries.pop(task_id, None)
@@ -123,14 +127,14 @@ class Lane:
             await settle(messages[done], ack=ack)
             done += 1
 
-    async def _run_job(self, task_id: str, resumed: bool) -> bool:
+    async def _run_job(self, task_id: str, resumed: bool, snapshot: Task | None) -> bool:
         """Run the job; returns whether its messages are to be acked (False: back to the queue).
 
         An outage of the broker or database pauses the job and runs it again from the stored state.
         """
         outage = 0
         while True:
-            job = Job(self.deps, self.provider, self.limits, task_id, resumed=resumed)
+            job = Job(self.deps, self.provider, self.limits, task_id, resumed=resumed, snapshot=snapshot)
             self.running[task_id] = job
             try:
                 await job.run()
@@ -159,7 +163,7 @@ class Lane:
                 log.warning("backing service unavailable (%s: %s); resuming", type(exc).__name__, exc)
                 await wait_out(outage, exc)
                 outage += 1
-                resumed = True  # the next run starts from whatever was stored
+                resumed, snapshot = True, None  # the next run starts from whatever was stored
 
     async def _crashed(self, job: Job, exc: Exception) -> bool:
         """A bug or a poison task: requeue, and on the last allowed delivery fail the task instead of looping."""
@@ -181,6 +185,7 @@ class Lane:
         try:
             task = await self.deps.store.get(job.task_id)
             if task is not None and not task.terminal:
+                job.resumed = True  # its claim was handed back: take it over to write the outcome
                 await job.finish(task, Status.FAILED, error=error)
             await self.broker.dead_letter(message, "crashed", error.model_dump(mode="json"))
         except Exception:
@@ -188,3 +193,16 @@ class Lane:
             return False
         self.deps.metrics.dead_letters.labels("crashed").inc()
         return True
+
+
+def _snapshot(body: object, task_id: str) -> Task | None:
+    """The task a lane message carries (from intake, for a task it just created), if it is usable."""
+    data = body.get("task") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        return None
+    try:
+        task = Task.from_message(data)
+    except (ValueError, KeyError, TypeError):
+        log.warning("lane message with an unreadable task; reading the task from the database instead")
+        return None
+    return task if task.id == task_id else None

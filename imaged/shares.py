@@ -139,30 +139,59 @@ def _rounded(wants: int, size: int) -> int:
 
 
 class Shares:
-    """The pools of this replica and the keeper that trades their units with the other replicas."""
+    """The pools of a replica that is alone: it owns every unit, and no database is involved (unit tests, and
+    the base of :class:`SharedShares`)."""
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]], replicas: Replicas) -> None:
-        self.collection = collection
-        self.writes = WriteBatcher(collection)
-        self.replicas = replicas
+    def __init__(self) -> None:
         self.pools: dict[str, Pool] = {}
         self.changed = Signal()
         self._poked = asyncio.Event()
-        self._ready = False
 
     def pool(self, name: str, size: int, *, rate: bool = False) -> Pool:
         if name not in self.pools:
-            self.pools[name] = Pool(name, size, rate=rate)
+            self.pools[name] = self._new_pool(name, size, rate)
         return self.pools[name]
+
+    def _new_pool(self, name: str, size: int, rate: bool) -> Pool:
+        pool = Pool(name, size, rate=rate)
+        pool.held = set(range(size))
+        return pool
+
+    @property
+    def usable(self) -> bool:
+        return True
+
+    def poke(self) -> None:
+        """A task wants a unit this replica does not hold: run the keeper soon."""
+        self._poked.set()
+
+    async def keep(self) -> None:
+        """Trade units with the other replicas (nothing to trade when alone)."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    async def release_all(self) -> None:
+        """On a clean stop: give every unit back."""
+
+
+class SharedShares(Shares):
+    """The pools of a replica among others, traded through the registry and the ``shares`` collection."""
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], replicas: Replicas) -> None:
+        super().__init__()
+        self.collection = collection
+        self.writes = WriteBatcher(collection)
+        self.replicas = replicas
+        self._ready = False
+
+    def _new_pool(self, name: str, size: int, rate: bool) -> Pool:
+        return Pool(name, size, rate=rate)
 
     @property
     def usable(self) -> bool:
         """Units may be used only while this replica's registration is certainly valid."""
         return self._ready and self.replicas.renewed_recently()
-
-    def poke(self) -> None:
-        """A task wants a unit this replica does not hold: run the keeper soon."""
-        self._poked.set()
 
     # -- the keeper ---------------------------------------------------------------------------------------------
 
@@ -287,7 +316,6 @@ class Shares:
             pool.held = {u for u, h in taken.items() if h == self.replicas.me and u < pool.size}
 
     async def release_all(self) -> None:
-        """On a clean stop: give every unit back."""
         for pool in self.pools.values():
             await self._release(pool, list(pool.held))
 

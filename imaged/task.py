@@ -87,6 +87,43 @@ class Task:
         )
         return doc
 
+    def to_message(self) -> dict[str, Any]:
+        """What a job needs to start a new task without reading the database: for the lane message."""
+        return {
+            "id": self.id,
+            "model": self.model,
+            "provider": self.provider,
+            "parameters": self.parameters,
+            "owner": self.owner,
+            "correlation_id": self.correlation_id,
+            "reply_to": self.reply_to,
+            "metadata": self.metadata,
+            "seq": self.seq,
+            "created_at": self.created_at.isoformat(),
+            "deadline": self.deadline.isoformat() if self.deadline else None,
+        }
+
+    @classmethod
+    def from_message(cls, data: dict[str, Any]) -> Task:
+        """The task intake stored, from its lane message (``ValueError``/``KeyError``/``TypeError`` if malformed)."""
+        created = datetime.fromisoformat(data["created_at"])
+        deadline = data.get("deadline")
+        return cls(
+            id=str(data["id"]),
+            status=Status.PENDING,
+            model=str(data["model"]),
+            provider=str(data["provider"]),
+            created_at=created,
+            updated_at=created,
+            parameters=dict(data["parameters"]),
+            owner=data.get("owner"),
+            correlation_id=data.get("correlation_id"),
+            reply_to=data.get("reply_to"),
+            metadata=dict(data.get("metadata") or {}),
+            seq=int(data["seq"]),
+            deadline=datetime.fromisoformat(deadline) if deadline else None,
+        )
+
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Task:
         """A task from its stored document; tolerant of documents written by earlier versions."""

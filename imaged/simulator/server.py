@@ -10,6 +10,7 @@ Control routes (JSON):
     POST   /_sim/reset             forget tasks, stats and faults
     GET    /_sim/config            settings, without secrets
     POST   /_sim/config            change settings (partial object), e.g. {"task_seconds": 0}
+    GET    /_sim/tasks             every task: id, provider, when it ends (or ended) on the wall clock
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ class Control:
             web.post("/_sim/reset", self.reset),
             web.get("/_sim/config", self.get_config),
             web.post("/_sim/config", self.set_config),
+            web.get("/_sim/tasks", self.tasks),
         ]
 
     async def health(self, request: web.Request) -> web.Response:
@@ -208,6 +210,20 @@ class Control:
         self.state.reset()
         logger.info("emulator reset: tasks, stats and faults cleared")
         return web.json_response({"status": "reset"})
+
+    async def tasks(self, request: web.Request) -> web.Response:
+        """When each task ends, so that a benchmark can measure how late its completion was noticed."""
+        now = time.monotonic()
+        tasks = [
+            {
+                "id": task.id,
+                "provider": task.provider,
+                "ends_at": round(task.wall(task.ends), 6),
+                "finished": task.finished(now),
+            }
+            for task in self.state.tasks.values()
+        ]
+        return web.json_response({"tasks": tasks})
 
     async def get_config(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.config.public())
