@@ -462,9 +462,6 @@ mongo_start() {
     if [[ $kind == ferretdb ]]; then
         fdb_build
         mkdir -p -- "$FDB_DATA"
-        # synchronous(normal) in WAL mode: a commit waits for the operating system, not for the disk (no fsync
-        # per write). A crashed or restarted server loses nothing; only a power cut may lose the last moments,
-        # and the database stays consistent. FerretDB's own defaults (WAL, busy timeout) still apply.
         log "starting FerretDB (SQLite backend) on $HOST:$MONGO_PORT (data in .state/ferretdb/data)"
         printf '\n=== %s start\n' "$(date -Is)" >>"$logfile"
         (
@@ -475,7 +472,7 @@ mongo_start() {
                 setsid "$FDB_BIN" \
                 --listen-addr="$HOST:$MONGO_PORT" \
                 --handler=sqlite \
-                --sqlite-url="file:$FDB_DATA/?_pragma=synchronous(normal)" \
+                --sqlite-url="file:$FDB_DATA/" \
                 --state-dir="$FDB_DIR" \
                 --telemetry=disable \
                 --debug-addr=- \
