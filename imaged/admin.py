@@ -10,27 +10,26 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode
 
 import aio_pika
 import aiohttp
 import click
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pymongo import AsyncMongoClient
-from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import PyMongoError
 
 from .api import result_view, status_view
 from .auth import ApiKeys, Authenticator, amqp_user, is_loopback, is_valid_tenant, key_digest
 from .broker import Topology
 from .catalog import Catalog
 from .contract import Status
+from .diagnose import BROKER_ERRORS, DATABASE_ERRORS, broker_reason, database_reason, mask_url
 from .errors import ConfigError
 from .providers.registry import available_providers
 from .settings import Settings
@@ -55,7 +54,6 @@ EXIT_CHECK_IMAGE_DIR = 14
 EXIT_CHECK_PROVIDER_KEYS = 15
 
 CONNECT_TIMEOUT_S = 5.0
-_SECRET_QUERY = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
 # Headers imaged or the broker put on a dead letter; a replay starts without them.
 _DEATH_HEADERS = (
     "x-death",
@@ -73,25 +71,6 @@ _DEATH_HEADERS = (
 
 
 # -- output ---------------------------------------------------------------------------------------------------------
-
-
-def mask_url(url: str) -> str:
-    """A URL safe to print: the password (and secret-looking query values) replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "***"
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hosts}" if colon else f"{user}@{hosts}"
-    path, qmark, query = tail.partition("?")
-    if qmark:
-        pairs = [
-            (k, "***" if _SECRET_QUERY.search(k) else v) for k, v in parse_qsl(query, keep_blank_values=True)
-        ]
-        query = urlencode(pairs, safe="*")
-    return f"{scheme}://{netloc}{slash}{path}{qmark}{query}"
 
 
 def redact(text: str, secrets_: Sequence[str | None]) -> str:
@@ -367,6 +346,8 @@ class CheckResult:
     ok: bool
     message: str
     exit_code: int = EXIT_OK
+    #: passes, but deserves attention (shown as WARN; does not change the exit code)
+    warning: bool = False
 
 
 PROVIDER_KEY_HINTS = {
@@ -395,10 +376,8 @@ async def _check_broker(settings: Settings, topology: Topology) -> CheckResult:
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S * 2):
             connection = await aio_pika.connect(url, timeout=CONNECT_TIMEOUT_S)
-    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError, ValueError) as exc:
-        reason = redact(f"{type(exc).__name__}: {exc}", _secrets(settings))
-        if isinstance(exc, aio_pika.exceptions.ProbableAuthenticationError):
-            reason = "the broker refused the user name or password"
+    except BROKER_ERRORS as exc:
+        reason = redact(broker_reason(exc), _secrets(settings))
         return CheckResult("broker", False, f"cannot connect to {shown}: {reason}", EXIT_CHECK_BROKER)
     try:
         notes = []
@@ -432,23 +411,29 @@ async def _check_database(settings: Settings) -> tuple[CheckResult, int | None]:
         await db.command("ping")
         tasks = await db["tasks"].estimated_document_count()
         keys = await ApiKeys(db["api_keys"]).count_active()
-    except (PyMongoError, ValueError, TypeError) as exc:
-        detail = str(exc).partition(" (configured timeouts")[0].partition(", Timeout:")[0][:200]
-        if isinstance(exc, ValueError | TypeError | ConfigurationError):
-            reason = f"not a usable MongoDB URL ({detail})"
-        elif isinstance(exc, ServerSelectionTimeoutError):
-            reason = f"no server answered within {CONNECT_TIMEOUT_S:g}s ({detail})"
-        elif isinstance(exc, OperationFailure) and exc.code in (13, 18):
-            reason = "the server refused the user name or password"
-        else:
-            reason = f"{type(exc).__name__}: {detail}"
-        reason = redact(reason, _secrets(settings))
+    except DATABASE_ERRORS as exc:
+        reason = redact(database_reason(exc, CONNECT_TIMEOUT_S), _secrets(settings))
         return CheckResult("database", False, f"cannot reach {shown}: {reason}", EXIT_CHECK_DATABASE), None
     finally:
         if client is not None:
             await client.close()
     message = f"{shown} reachable; database {settings.mongodb_db}: {tasks} task(s), {keys} active API key(s)"
     return CheckResult("database", True, message), keys
+
+
+def _check_amqp_user(settings: Settings) -> CheckResult:
+    """A task belongs to the AMQP user that published it: a login shared by every service shares their tasks."""
+    user = amqp_user(settings.amqp_url.get_secret_value())
+    if user != "guest":
+        return CheckResult("amqp user", True, f"the daemon logs in as {user!r}")
+    return CheckResult(
+        "amqp user",
+        True,
+        "the daemon uses RabbitMQ's default user 'guest': publishers that share a login cannot be told apart "
+        "(their tasks share one owner, and any of them may name another's task ids); give the daemon and each "
+        "publishing service a user of its own, and set user_id on requests (README: Security)",
+        warning=True,
+    )
 
 
 def _check_image_dir(path: Path) -> CheckResult:
@@ -501,6 +486,7 @@ async def run_checks(settings: Settings) -> list[CheckResult]:
         auth_result = CheckResult("auth", False, redact(str(exc), _secrets(settings)), EXIT_CHECK_AUTH)
     results.append(auth_result)
     results.append(await _check_broker(settings, topology))
+    results.append(_check_amqp_user(settings))
     database, db_keys = await _check_database(settings)
     results.append(database)
     results.append(await asyncio.to_thread(_check_image_dir, settings.image_dir))
@@ -550,7 +536,8 @@ async def check(settings: Settings, as_json: bool) -> int:
     else:
         width = max(len(r.name) for r in results)
         for r in results:
-            click.echo(f"{'ok  ' if r.ok else 'FAIL'}  {r.name.ljust(width)}  {r.message}")
+            label = "FAIL" if not r.ok else "WARN" if r.warning else "ok  "
+            click.echo(f"{label}  {r.name.ljust(width)}  {r.message}")
         if failures:
             click.echo(f"{len(failures)} check(s) failed (exit code {code})", err=True)
     return code

@@ -24,18 +24,16 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from .auth import (
-    OWNER_HEADER,
     ApiKeys,
     Authenticator,
     AuthError,
     Principal,
     RateLimiter,
-    amqp_user,
     is_loopback,
 )
 from .contract import Request, Status, is_valid_task_id, new_task_id
 from .errors import ConfigError, InvalidRequest
-from .intake import describe_validation_error
+from .intake import TaskIdTaken, describe_validation_error
 from .openapi import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, LIST_MAX_OFFSET, openapi_document
 from .task import Task
 
@@ -190,19 +188,14 @@ def model_view(daemon: Daemon) -> list[dict[str, Any]]:
 
 
 async def authenticate(request: web.Request) -> Principal:
-    # A client that keeps failing is slowed down before its guesses cost a database lookup each.
+    """The caller, or 401. A valid credential always works: the failure limit counts and slows down failures
+    only (per client address), so a guesser behind the same proxy or NAT locks nobody out."""
     failures = request.app[AUTH_FAILURES_KEY]
     client = request.remote or "unknown"
-    wait_s = failures.exhausted(client)
-    if wait_s > 0:
-        retry_after = str(max(1, math.ceil(wait_s)))
-        raise ApiError(
-            429, "too many failed authentication attempts: slow down", {"Retry-After": retry_after}
-        )
     try:
         return await request.app[AUTH_KEY].authenticate(request.headers.get("Authorization"))
     except AuthError as exc:
-        failures.take(client)
+        wait_s = failures.take(client)
         log.info(
             "HTTP authentication failed: %s (%s %s from %s)",
             exc,
@@ -210,6 +203,11 @@ async def authenticate(request: web.Request) -> Principal:
             request.path,
             request.remote,
         )
+        if wait_s > 0:
+            retry_after = str(max(1, math.ceil(wait_s)))
+            raise ApiError(
+                429, "too many failed authentication attempts: slow down", {"Retry-After": retry_after}
+            ) from None
         raise ApiError(401, str(exc), {"WWW-Authenticate": 'Bearer realm="imaged"'}) from None
 
 
@@ -249,54 +247,12 @@ async def _read_json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def _check_model(daemon: Daemon, req: Request) -> None:
-    """The checks intake makes before a task exists, so an HTTP caller hears about a bad request at once."""
-    spec = daemon.catalog.get(req.model)
-    if spec is None:
-        known = ", ".join(sorted(daemon.catalog.models))
-        raise InvalidRequest(f"model: unknown model {req.model!r} (known: {known})")
-    if req.provider is not None and req.provider != spec.provider:
-        raise InvalidRequest(
-            f"provider: model {spec.name!r} is served by {spec.provider!r}, not {req.provider!r}"
-        )
-    provider = daemon.providers.get(spec.provider)
-    if provider is None:
-        raise InvalidRequest(f"provider: {spec.provider!r} is not configured on this daemon (no credentials)")
-    provider.validate(spec, req.parameters)
-
-
-async def _publish(request: web.Request, who: Principal, task_id: str, body: dict[str, Any]) -> None:
-    """Publish a request to the request queue, naming its owner in a way only the daemon can (see auth.py)."""
-    daemon = request.app[DAEMON_KEY]
-    channel = daemon.broker.channel
-    if channel is None or channel.is_closed:
-        raise ApiError(503, "the broker is not available; try again later", {"Retry-After": "5"})
-    headers: dict[str, Any] = {}
-    user_id: str | None = None
-    if who.tenant is not None:
-        headers[OWNER_HEADER] = who.tenant
-        user_id = amqp_user(daemon.settings.amqp_url.get_secret_value())
-    message = aio_pika.Message(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=task_id,
-        headers=headers,
-        user_id=user_id,
-    )
-    try:
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            await channel.default_exchange.publish(message, routing_key=daemon.topology.requests)
-    except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-        log.warning("could not publish an HTTP request to the queue: %s", type(exc).__name__)
-        raise ApiError(503, "the broker is not available; try again later", {"Retry-After": "5"}) from None
-
-
 # -- handlers -------------------------------------------------------------------------------------------------------
 
 
 async def create_task(request: web.Request) -> web.Response:
-    """Seed-compatible create: the request goes through the queue like any other; ``is_async: false`` waits."""
+    """Seed-compatible create: validated and recorded at once, then driven like any request; ``is_async: false``
+    waits for the result. A ``task_id`` of another tenant's task is 409."""
     daemon = request.app[DAEMON_KEY]
     who = await authenticate(request)
     wait_s = request.app[LIMITER_KEY].take(who.rate_key)
@@ -306,18 +262,20 @@ async def create_task(request: web.Request) -> web.Response:
     data = await _read_json_object(request)
     try:
         req = Request.model_validate(data)
-        _check_model(daemon, req)
     except ValidationError as exc:
         return error(422, describe_validation_error(exc))
-    except InvalidRequest as exc:
-        return error(422, exc.message)
     task_id = req.task_id or new_task_id()
     existing = await daemon.store.get(task_id) if req.task_id else None
     if existing is not None and not who.can_see(existing.owner):
         return error(409, f"task_id {task_id!r} is already in use: choose another one")
-    if existing is None:
-        data["task_id"] = task_id
-        await _publish(request, who, task_id, data)
+    if existing is None or existing.status is Status.PENDING:
+        # A pending task is forwarded again: the earlier attempt may have stopped before its lane message.
+        try:
+            await _submit(daemon, req, task_id, who)
+        except TaskIdTaken:
+            return error(409, f"task_id {task_id!r} is already in use: choose another one")
+        except InvalidRequest as exc:
+            return error(422, exc.message)
     if req.is_async:
         if existing is not None:
             return envelope(status_view(existing), "任务已存在 (task exists already)")
@@ -325,9 +283,21 @@ async def create_task(request: web.Request) -> web.Response:
     task = await daemon.wait_for_terminal(task_id, daemon.settings.sync_wait_s)
     if task is None:
         return envelope({"task_id": task_id, "status": Status.PENDING.value}, "任务已创建，结果尚未就绪")
-    if not who.can_see(task.owner):
-        return error(409, f"task_id {task_id!r} is already in use: choose another one")
     return envelope(result_view(task), "任务完成" if task.status is Status.COMPLETED else "任务失败")
+
+
+async def _submit(daemon: Daemon, req: Request, task_id: str, who: Principal) -> None:
+    """Hand the request to intake in this process; a broker outage is 503 (the client may simply retry)."""
+    if daemon.intake is None:
+        raise ApiError(503, "imaged is starting; try again shortly", {"Retry-After": "1"})
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            await daemon.intake.submit(
+                req, task_id=task_id, owner=who.tenant, correlation_id=None, reply_to=None
+            )
+    except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        log.warning("could not forward an HTTP request: %s", type(exc).__name__)
+        raise ApiError(503, "the broker is not available; try again later", {"Retry-After": "5"}) from None
 
 
 async def list_tasks(request: web.Request) -> web.Response:

@@ -9,10 +9,9 @@ RS256 (public key); signature, expiry, issuer and audience are all checked.
 With nothing configured the API is *open*: every caller sees every task, so the HTTP server must stay on loopback.
 Open mode ends for good as soon as a key appears in the database; it never starts again without a restart.
 
-Requests created over HTTP travel through the request queue like any other; the API names their owner in the
-header ``x-imaged-owner`` and publishes them with the daemon's own AMQP ``user_id``. RabbitMQ checks ``user_id``
-against the publishing connection's user, so only a publisher logged in as the daemon's user can set an owner;
-for everybody else the owner is the AMQP ``user_id`` (see :func:`message_owner`).
+Requests created over HTTP are handed to intake in the daemon's process with their tenant as owner. Requests
+published on the queue belong to their AMQP ``user_id``, which RabbitMQ checks against the publishing connection's
+user; no header can name another owner.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -42,7 +41,6 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-OWNER_HEADER = "x-imaged-owner"
 KEY_PREFIX = "imk_"
 TENANT_PATTERN = r"^[A-Za-z0-9_.@:-]{1,128}$"
 _TENANT_RE = re.compile(TENANT_PATTERN)
@@ -84,17 +82,6 @@ def amqp_user(amqp_url: str) -> str:
     """The user a connection made with this URL logs in as (RabbitMQ's default is ``guest``)."""
     user = urlsplit(amqp_url).username
     return unquote(user) if user else "guest"
-
-
-def message_owner(user_id: str | None, headers: Mapping[str, Any] | None, trusted_user: str) -> str | None:
-    """The owner of a request message: the tenant the HTTP API named, if the daemon itself published it;
-    otherwise the AMQP ``user_id`` (which RabbitMQ has checked against the publishing connection)."""
-    claimed = (headers or {}).get(OWNER_HEADER)
-    if isinstance(claimed, bytes):
-        claimed = claimed.decode("utf-8", "replace")
-    if user_id and user_id == trusted_user and isinstance(claimed, str) and is_valid_tenant(claimed):
-        return claimed
-    return user_id
 
 
 @dataclass(frozen=True)
@@ -176,6 +163,10 @@ class ApiKeys:
 
     async def count_active(self) -> int:
         return await self.collection.count_documents({"revoked_at": None})
+
+    async def active_key_ids(self) -> set[str]:
+        """The ids of the active keys (not secret: they are printed and listed)."""
+        return {str(doc["_id"]) async for doc in self.collection.find({"revoked_at": None}, {"_id": 1})}
 
 
 # -- JWT --------------------------------------------------------------------------------------------------------
@@ -300,6 +291,8 @@ class Authenticator:
         self.cache_s = settings.api_key_cache_s
         self._clock = clock
         self._cache: dict[str, tuple[float, str]] = {}
+        self._key_ids: set[str] = set()
+        self._key_ids_at = float("-inf")
         self.open = False
         self._open_checked = 0.0
 
@@ -342,7 +335,7 @@ class Authenticator:
             return Principal(tenant, "api_key")
         if token.count(".") == 2 and self.jwt is not None:
             return Principal(self.jwt.verify(token), "jwt")
-        tenant = await self._database_tenant(digest)
+        tenant = await self._database_tenant(token, digest)
         if tenant is None:
             raise AuthError("invalid credentials: unknown or revoked API key")
         return Principal(tenant, "api_key")
@@ -363,13 +356,31 @@ class Authenticator:
                 found = tenant
         return found
 
-    async def _database_tenant(self, digest: str) -> str | None:
+    async def _known_key_id(self, token: str) -> bool:
+        """Whether the token names the id of an active key; a guess almost never does, and costs no lookup.
+
+        Keys in the database all have the form ``imk_<key id>_<secret>``; the ids are known (refreshed at most
+        every ``IMAGED_API_KEY_CACHE_S``, at least every second when an unknown id shows up)."""
+        if self.keys is None or not token.startswith(KEY_PREFIX):
+            return False
+        key_id = token[len(KEY_PREFIX) :].partition("_")[0]
+        if key_id in self._key_ids:
+            return True
+        now = self._clock()
+        if now - self._key_ids_at >= max(self.cache_s, 1.0):
+            self._key_ids_at = now
+            self._key_ids = await self.keys.active_key_ids()
+        return key_id in self._key_ids
+
+    async def _database_tenant(self, token: str, digest: str) -> str | None:
         if self.keys is None:
             return None
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < self.cache_s:
             return cached[1]
+        if not await self._known_key_id(token):
+            return None
         tenant = await self.keys.tenant_of(digest)
         if tenant is None:
             self._cache.pop(digest, None)

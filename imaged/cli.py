@@ -15,6 +15,7 @@ from pydantic import SecretStr, ValidationError
 
 from . import __version__
 from .contract import Status
+from .diagnose import StartupError
 from .errors import ImagedError
 from .logs import configure_logging
 from .settings import Settings
@@ -49,6 +50,10 @@ class ConfigException(click.ClickException):
     """The settings cannot be loaded; exit code 3."""
 
     exit_code = EXIT_CONFIG
+
+
+#: the same codes as ``imaged check``: 12 broker, 13 database (HTTP: 1)
+STARTUP_EXIT_CODES = {"broker": 12, "database": 13}
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -102,6 +107,9 @@ def run(ctx: click.Context, simulate: bool, simulate_without_keys: bool, task_se
         simulate = True
     try:
         run_async(_run_daemon(settings, simulate, task_seconds))
+    except StartupError as exc:  # one line, no traceback, the exit code of the matching `imaged check`
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(STARTUP_EXIT_CODES.get(exc.service, 1))
     except ImagedError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -128,6 +136,10 @@ async def _run_daemon(settings: Settings, simulate: bool, task_seconds: float) -
             await simulator.stop()
 
 
+#: the in-process emulator serves its images on loopback: downloads must be allowed to reach it
+LOOPBACK_NETWORKS = ["127.0.0.0/8", "::1/128"]
+
+
 def simulated_settings(settings: Settings, simulator: Any, config: Any) -> Settings:
     return settings.model_copy(
         update={
@@ -136,6 +148,7 @@ def simulated_settings(settings: Settings, simulator: Any, config: Any) -> Setti
             "liblibai_access_key": SecretStr(config.liblib_access_key),
             "liblibai_secret_key": SecretStr(config.liblib_secret_key),
             "liblibai_base_url": simulator.liblib_base_url,
+            "download_allowed_networks": [*settings.download_allowed_networks, *LOOPBACK_NETWORKS],
         }
     )
 

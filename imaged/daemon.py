@@ -25,15 +25,26 @@ from .catalog import Catalog
 from .claims import MongoClaims
 from .contract import is_valid_task_id, utcnow
 from .deadletters import DeadLetterWatcher
+from .diagnose import (
+    BROKER_ERRORS,
+    DATABASE_ERRORS,
+    StartupError,
+    broker_reason,
+    database_reason,
+    mask_url,
+)
 from .errors import ConfigError
 from .events import BrokerEvents, EventPublisher
+from .httpserver import HttpLimits, make_runner
 from .images import ImageDownloader, is_orphan, leftover_parts
 from .intake import Intake
 from .job import JobDeps
 from .lane import Lane
 from .limits import ProviderLimits
 from .metrics import Metrics
+from .netguard import AddressPolicy, guarded_connector
 from .outage import is_outage, wait_out
+from .provenance import LaneSigner
 from .providers.base import Provider
 from .providers.registry import available_providers
 from .replicas import Replicas, replica_id
@@ -59,11 +70,14 @@ class Daemon:
         self.catalog = catalog or Catalog.load(settings.catalog_path)
         self.metrics = metrics or Metrics()
         self.topology = Topology.from_settings(settings)
-        self.store = MongoTaskStore.connect(
-            settings.mongodb_url.get_secret_value(),
-            settings.mongodb_db,
-            listeners=[CommandCounter(self.metrics.db_commands)],
-        )
+        try:
+            self.store = MongoTaskStore.connect(
+                settings.mongodb_url.get_secret_value(),
+                settings.mongodb_db,
+                listeners=[CommandCounter(self.metrics.db_commands)],
+            )
+        except DATABASE_ERRORS as exc:
+            raise self._unusable("database", exc) from None
         self.broker = Broker(settings.amqp_url.get_secret_value(), self.topology)
         self.replica = replica_id()
         self.replicas = Replicas(self.store.db["replicas"], self.replica, settings.lease_ttl_s)
@@ -76,6 +90,7 @@ class Daemon:
         self.providers: dict[str, Provider] = {}
         self.lanes: list[Lane] = []
         self.session: aiohttp.ClientSession | None = None
+        self.download_session: aiohttp.ClientSession | None = None
         self.intake: Intake | None = None
         self._intake_channel: AbstractChannel | None = None
         self._consumers: list[Consumer] = []  # intake and dead-letter watcher
@@ -88,24 +103,37 @@ class Daemon:
         s = self.settings
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         self.providers = self._build_providers(self.session)
-        await self.store.ensure_indexes()
-        await self.replicas.ensure_indexes()
-        await self.claims.ensure_indexes()
-        await self.broker.connect()
+        try:
+            await self.store.ensure_indexes()
+            await self.replicas.ensure_indexes()
+            await self.claims.ensure_indexes()
+        except DATABASE_ERRORS as exc:
+            raise self._unusable("database", exc) from None
+        try:
+            await self.broker.connect()
+        except BROKER_ERRORS as exc:
+            raise self._unusable("broker", exc) from None
         assert self.broker.channel is not None
         await self.broker.declare(self.broker.channel, list(self.providers))
         await self._remove_stale_parts()
         # The HTTP app checks its authentication settings here: fail before any consumer starts.
-        self._runner = web.AppRunner(create_app(self), access_log=None)
+        http_limits = HttpLimits(
+            header_timeout_s=s.http_header_timeout_s, body_timeout_s=s.http_body_timeout_s
+        )
+        self._runner = make_runner(create_app(self), http_limits, access_log=None)
         await self._runner.setup()
 
         events = EventPublisher(BrokerEvents(self.broker), self.store)
+        # Image URLs come from provider replies: their own session only reaches addresses the policy allows.
+        policy = AddressPolicy(s.download_allowed_networks)
+        self.download_session = aiohttp.ClientSession(connector=guarded_connector(policy))
         downloader = ImageDownloader(
-            self.session,
+            self.download_session,
             s.image_dir,
             max_bytes=s.image_max_bytes,
             timeout_s=s.download_timeout_s,
             allowed_hosts=s.image_allowed_hosts,
+            policy=policy,
         )
         deps = JobDeps(
             s,
@@ -144,8 +172,13 @@ class Daemon:
             await lane.start(list(self.providers))
             self.lanes.append(lane)
 
-        self.intake = Intake(s, self.broker, self.store, events, self.catalog, self.providers, self.metrics)
-        watcher = DeadLetterWatcher(self.broker, self.store, events, self.intake, self.claims, self.metrics)
+        signer = await LaneSigner.load(self.store.db["internal"])
+        self.intake = Intake(
+            s, self.broker, self.store, events, self.catalog, self.providers, self.metrics, signer
+        )
+        watcher = DeadLetterWatcher(
+            self.broker, self.store, events, self.intake, self.claims, signer, self.metrics
+        )
         self._intake_channel = await self.broker.open_consumer_channel(prefetch=s.intake_prefetch)
         for queue_name, handler in (
             (self.topology.requests, self.intake.handle),
@@ -164,7 +197,12 @@ class Daemon:
 
         assert self._runner is not None
         site = web.TCPSite(self._runner, s.http_host, s.http_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                "http", f"cannot listen on {s.http_host}:{s.http_port}: {exc.strerror}"
+            ) from None
         port = self._runner.addresses[0][1]
         self.http_url = f"http://{s.http_host}:{port}"
         self.metrics.connection_up.labels("broker").set(1)
@@ -175,6 +213,14 @@ class Daemon:
             self.http_url,
             self.topology.prefix,
         )
+
+    def _unusable(self, service: str, exc: BaseException) -> StartupError:
+        s = self.settings
+        if service == "broker":
+            where, why = mask_url(s.amqp_url.get_secret_value()), broker_reason(exc)
+        else:
+            where, why = mask_url(s.mongodb_url.get_secret_value()), database_reason(exc, 5.0)
+        return StartupError(service, f"cannot use the {service} at {where}: {why}")
 
     async def stop(self) -> None:
         """Stop consuming, let jobs finish within the grace period, then close everything in reverse order."""
@@ -192,8 +238,9 @@ class Daemon:
             await self._runner.cleanup()
         await self.broker.close()
         await self.store.close()
-        if self.session is not None:
-            await self.session.close()
+        for session in (self.session, self.download_session):
+            if session is not None:
+                await session.close()
         log.info("imaged stopped")
 
     async def run_until(self, stop: asyncio.Event) -> None:

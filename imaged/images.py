@@ -15,16 +15,18 @@ import secrets
 import socket
 import struct
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 from PIL import Image
+from yarl import URL
 
 from .errors import DownloadError
+from .netguard import AddressPolicy, check_url
 
 log = logging.getLogger(__name__)
 
@@ -78,38 +80,43 @@ class ImageDownloader:
         max_bytes: int,
         timeout_s: float,
         allowed_hosts: list[str] | None = None,
+        policy: AddressPolicy | None = None,
     ) -> None:
+        """``session`` should connect through ``netguard.guarded_connector(policy)``: then every address a
+        download reaches, redirects and DNS answers included, passes the policy (see ``netguard.py``)."""
         self.session = session
         self.image_dir = image_dir.resolve()
         self.max_bytes = max_bytes
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=min(timeout_s, 30.0))
         self.allowed_hosts = {h.lower() for h in allowed_hosts or []}
+        self.policy = policy or AddressPolicy()
 
-    def check_url(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+    def check_url(self, url: str) -> URL:
+        """The URL as it will be fetched; refused (not retryable) when it may not be."""
+        checked = check_url(url, self.policy)
+        host = (checked.raw_host or "").lower()
+        if self.allowed_hosts and host not in self.allowed_hosts:
             raise DownloadError(
-                f"refusing to download a non-http(s) URL (scheme {parts.scheme!r})", code="bad_url"
+                f"image host {host[:100]!r} is not in the allowed list", code="host_not_allowed"
             )
-        if self.allowed_hosts and parts.hostname.lower() not in self.allowed_hosts:
-            raise DownloadError(
-                f"image host {parts.hostname!r} is not in the allowed list", code="host_not_allowed"
-            )
+        return checked
 
-    async def download(self, url: str, provider: str, index: int, when: datetime) -> SavedImage:
+    async def download(
+        self, url: str, provider: str, index: int, when: datetime, *, side_max: int = 8192
+    ) -> SavedImage:
         """Fetch one image. Raises DownloadError (retryable when the fault is transient).
 
         An image that fits in one chunk is written, checked and renamed in one trip to a worker thread; a
         larger one is streamed to its temporary file chunk by chunk.
         """
-        self.check_url(url)
+        target = self.check_url(url)
         digest = hashlib.sha256()
         size = 0
         pending: list[bytes] = []  # held until they exceed one chunk, then written
         part: PartFile | None = None
         try:
             try:
-                async with self.session.get(url, timeout=self.timeout, allow_redirects=False) as resp:
+                async with self.session.get(target, timeout=self.timeout, allow_redirects=False) as resp:
                     if resp.status != 200:
                         raise DownloadError(
                             f"image download answered HTTP {resp.status}",
@@ -153,7 +160,7 @@ class ImageDownloader:
             final = self.image_dir / image_name(provider, when, index, ext)
             if part is None:
                 part = await asyncio.to_thread(PartFile.create, self.image_dir, pending)
-            width, height = await asyncio.to_thread(part.complete, final, png_size(head))
+            width, height = await asyncio.to_thread(part.complete, final, png_size(head), side_max)
             part = None
         finally:
             if part is not None:
@@ -190,14 +197,21 @@ class PartFile:
         while view:
             view = view[os.write(self.fd, view) :]
 
-    def complete(self, final: Path, size: tuple[int, int] | None = None) -> tuple[int, int]:
-        """Flush to disk, read the dimensions (unless known from the header), and rename into place; the part
-        is gone afterwards."""
+    def complete(
+        self, final: Path, size: tuple[int, int] | None = None, side_max: int = 8192
+    ) -> tuple[int, int]:
+        """Flush to disk, read the dimensions (unless known from the header), check them, and rename into
+        place; the part is gone afterwards."""
         try:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
             width, height = size or _dimensions(self.path)
+            if width > side_max or height > side_max:
+                raise DownloadError(
+                    f"image is {width}x{height}, larger than {side_max} pixels a side for this model",
+                    code="image_too_large",
+                )
             os.replace(self.path, final)
         except BaseException:
             self.discard()
@@ -233,11 +247,19 @@ def _dimensions(path: Path) -> tuple[int, int]:
     header announces more pixels than Pillow allows is refused as a decompression bomb.
     """
     try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Another download would be the same bomb: not worth a retry.
         raise DownloadError(
-            f"downloaded image is unreadable: {exc}", code="corrupt_image", retryable=True
+            "downloaded image announces more pixels than imaged decodes (a decompression bomb)",
+            code="decompression_bomb",
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DownloadError(
+            f"downloaded image is unreadable: {type(exc).__name__}", code="corrupt_image", retryable=True
         ) from exc
 
 

@@ -1,7 +1,11 @@
 """Intake: validate a request, record its task (idempotent by task id), announce it, forward it to its lane.
 
-Invalid requests never reach a lane: they get a ``task.failed`` event (when a task id is known) and are copied to
-the dead-letter queue with the reason.
+Requests arrive on ``<prefix>.requests`` (any AMQP publisher) or from the HTTP API, which hands them over in
+process; both go through :meth:`Intake.validate` and :meth:`Intake.submit`. Invalid requests never reach a lane:
+they get a ``task.failed`` event (when a task id is known) and are copied to the dead-letter queue with the reason.
+
+A task id belongs to the tenant that created it: a request naming another tenant's task id is refused, and it
+never makes imaged send that task's events again.
 """
 
 from __future__ import annotations
@@ -9,19 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from .auth import amqp_user, message_owner
 from .broker import RESUME_HEADER, Broker, settle
-from .catalog import Catalog
+from .catalog import Catalog, ModelSpec
 from .contract import ErrorInfo, Request, Status, check_plain_keys, is_valid_task_id, new_task_id, utcnow
 from .errors import InvalidRequest
 from .events import EventPublisher, build_event
 from .metrics import Metrics
+from .provenance import SIGNATURE_HEADER, LaneSigner
 from .providers.base import Provider
 from .settings import Settings
 from .store import TaskStore
@@ -48,8 +53,18 @@ def task_id_from_message_id(message_id: str | None) -> str | None:
     return hashlib.sha256(message_id.encode()).hexdigest()[:24]
 
 
+class TaskIdTaken(InvalidRequest):
+    """The task id belongs to another tenant's task."""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    task: Task
+    created: bool
+
+
 class Intake:
-    """Consumer of ``<prefix>.requests``: the one place that decides the fate of an incoming request."""
+    """Consumer of ``<prefix>.requests``, and the one place that decides the fate of a request."""
 
     def __init__(
         self,
@@ -60,6 +75,7 @@ class Intake:
         catalog: Catalog,
         providers: dict[str, Provider],
         metrics: Metrics,
+        signer: LaneSigner,
     ) -> None:
         self.settings = settings
         self.broker = broker
@@ -68,8 +84,9 @@ class Intake:
         self.catalog = catalog
         self.providers = providers
         self.metrics = metrics
-        # The HTTP API publishes as the daemon's own AMQP user and names the tenant in a header.
-        self.trusted_user = amqp_user(settings.amqp_url.get_secret_value())
+        self.signer = signer
+
+    # -- AMQP -----------------------------------------------------------------------------------------------------
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         if message.redelivered:
@@ -83,11 +100,7 @@ class Intake:
         await settle(message, ack=True)
 
     def parse(self, message: AbstractIncomingMessage) -> tuple[Request, str]:
-        if message.reply_to and message.reply_to.startswith(f"{self.broker.topology.prefix}."):
-            raise InvalidRequest(
-                f"reply_to: {message.reply_to!r} is one of imaged's own queues; name a queue of yours",
-                code="bad_reply_to",
-            )
+        self.check_reply_to(message.reply_to)
         if len(message.body) > self.settings.max_request_bytes:
             raise InvalidRequest(
                 f"request is {len(message.body)} bytes, larger than the {self.settings.max_request_bytes}-byte cap",
@@ -106,8 +119,38 @@ class Intake:
         task_id = request.task_id or task_id_from_message_id(message.message_id) or new_task_id()
         return request, task_id
 
+    def check_reply_to(self, reply_to: str | None) -> None:
+        """``reply_to`` receives the terminal event: only queues a publisher may name (design: security)."""
+        if not reply_to:
+            return
+        if reply_to.startswith(f"{self.broker.topology.prefix}."):
+            raise InvalidRequest(
+                f"reply_to: {reply_to!r} is one of imaged's own queues; name a queue of yours",
+                code="bad_reply_to",
+            )
+        if not reply_to.startswith(tuple(self.settings.reply_to_prefixes)):
+            allowed = ", ".join(repr(p) for p in self.settings.reply_to_prefixes) or "none"
+            raise InvalidRequest(
+                f"reply_to: {reply_to!r} is not a queue requests may name (allowed prefixes: {allowed}; "
+                "see IMAGED_REPLY_TO_PREFIXES)",
+                code="bad_reply_to",
+            )
+
     async def accept(self, message: AbstractIncomingMessage) -> str:
         request, task_id = self.parse(message)
+        submitted = await self.submit(
+            request,
+            task_id=task_id,
+            owner=message.user_id,  # checked by RabbitMQ against the publishing connection's user
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+        )
+        return "accepted" if submitted.created else "duplicate"
+
+    # -- the requests of every entrance -------------------------------------------------------------------------
+
+    def validate(self, request: Request) -> tuple[ModelSpec, dict[str, Any]]:
+        """The model's spec and its normalised parameters; raises InvalidRequest naming the field."""
         spec = self.catalog.get(request.model)
         if spec is None:
             known = ", ".join(sorted(self.catalog.models))
@@ -130,6 +173,23 @@ class Intake:
             check_plain_keys(params)
         except ValueError as exc:
             raise InvalidRequest(f"parameters: {exc}", code="invalid_request") from exc
+        return spec, params
+
+    async def submit(
+        self,
+        request: Request,
+        *,
+        task_id: str,
+        owner: str | None,
+        correlation_id: str | None,
+        reply_to: str | None,
+    ) -> Submitted:
+        """Record the task (once per id), announce it and forward it to its lane.
+
+        A task id of another owner raises :class:`TaskIdTaken` and touches nothing. The same request again
+        (same owner) is forwarded again unless its task has finished, whose terminal event is sent once more.
+        """
+        spec, params = self.validate(request)
         now = utcnow()
         timeout_s = request.timeout_s or self.settings.task_timeout_s
         task = Task(
@@ -141,39 +201,55 @@ class Intake:
             updated_at=now,
             parameters=params,
             request_parameters=request.parameters,
-            owner=message_owner(message.user_id, message.headers, self.trusted_user),
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
+            owner=owner,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
             metadata=request.metadata,
             seq=1,  # the task.pending event below
             deadline=now + timedelta(seconds=timeout_s),
             history=[{"status": Status.PENDING.value, "at": now}],
         )
         stored, created = await self.store.create(task)
+        if not created and stored.owner != owner:
+            raise TaskIdTaken(
+                f"task_id: {task_id!r} is already in use by another owner; choose another one",
+                code="task_id_taken",
+            )
         if not created and stored.terminal:
             await self.events.republish(stored)
-            return "duplicate"
+            return Submitted(stored, False)
         if created:
             await self.events.sink.publish(build_event(stored, Status.PENDING, progress=0.0))
-        # A new task travels with its lane message, so its job need not read it back.
-        lane_message = {"task_id": task_id, "task": stored.to_message()} if created else {"task_id": task_id}
-        await self.broker.publish_to_queue(
-            self.broker.topology.work(spec.provider),
-            json.dumps(lane_message, ensure_ascii=False).encode(),
-            message_id=task_id,
-            correlation_id=message.correlation_id,
-            # A task recorded before: an earlier run may have started it somewhere.
-            headers=None if created else {RESUME_HEADER: 1},
-        )
+        await self.forward(stored, created=created)
         log.info("accepted", extra={"task_id": task_id, "provider": spec.provider, "model": spec.name})
-        return "accepted" if created else "duplicate"
+        return Submitted(stored, created)
+
+    async def forward(self, task: Task, *, created: bool) -> None:
+        """Publish the task's lane message, signed (see ``provenance.py``)."""
+        # A new task travels with its lane message, so its job need not read it back.
+        body = json.dumps(
+            {"task_id": task.id, "task": task.to_message()} if created else {"task_id": task.id},
+            ensure_ascii=False,
+        ).encode()
+        headers: dict[str, Any] = {SIGNATURE_HEADER: self.signer.sign(body)}
+        if not created:
+            headers[RESUME_HEADER] = 1  # recorded before: an earlier run may have started it somewhere
+        await self.broker.publish_to_queue(
+            self.broker.topology.work(task.provider),
+            body,
+            message_id=task.id,
+            correlation_id=task.correlation_id,
+            headers=headers,
+        )
+
+    # -- invalid requests -----------------------------------------------------------------------------------------
 
     async def reject(self, message: AbstractIncomingMessage, exc: InvalidRequest) -> None:
         """Record and announce an invalid request where a task id is known, then dead-letter it."""
         error = exc.info()
         log.info("invalid request: %s", exc.message, extra={"code": exc.code})
         task_id = self.known_task_id(message)
-        if task_id is not None:
+        if task_id is not None and not isinstance(exc, TaskIdTaken):
             await self.record_failure(message, task_id, error)
         await self.broker.dead_letter(message, "invalid_request", error.model_dump(mode="json"))
         self.metrics.dead_letters.labels("invalid_request").inc()
@@ -202,6 +278,11 @@ class Intake:
         provider = (
             spec.provider if spec else (data.get("provider") if isinstance(data.get("provider"), str) else "")
         )
+        try:
+            self.check_reply_to(message.reply_to)
+            reply_to = message.reply_to
+        except InvalidRequest:
+            reply_to = None  # never send anything to a queue the request may not name
         now = utcnow()
         task = Task(
             id=task_id,
@@ -210,9 +291,9 @@ class Intake:
             provider=(provider or "")[:64],
             created_at=now,
             updated_at=now,
-            owner=message_owner(message.user_id, message.headers, self.trusted_user),
+            owner=message.user_id,
             correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
+            reply_to=reply_to,
             seq=1,
             finished_at=now,
             progress=1.0,
@@ -223,8 +304,8 @@ class Intake:
         stored, created = await self.store.create(task)
         if not created:
             # A task with this id exists already: a bad duplicate must not touch it. If it has finished, its
-            # event may not have gone out yet (a crash before the publish): send it (again).
-            if stored.terminal:
+            # event may not have gone out yet (a crash before the publish): send it (again), to its owner only.
+            if stored.terminal and stored.owner == message.user_id:
                 await self.events.republish(stored)
             return
         await self.events.publish(stored, task.terminal_event)

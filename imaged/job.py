@@ -451,9 +451,15 @@ class Job:
         when = datetime.now()  # local time, as the original service named its files
         images: list[ImageInfo] = []
         failed = list(poll.failed_images)
-        for image in poll.images:
+        wanted = self.provider.images_requested(spec, task.parameters)
+        if len(poll.images) > wanted:
+            log.warning(
+                "the provider listed %d images for %d requested: keeping %d", len(poll.images), wanted, wanted
+            )
+        side_max = self.provider.image_side_max(spec, task.parameters)
+        for image in poll.images[:wanted]:
             try:
-                saved = await self._download_one(image.url, image.index, when)
+                saved = await self._download_one(image.url, image.index, when, side_max)
             except DownloadError as exc:
                 failed.append({"index": image.index, "code": exc.code, "message": exc.message})
                 continue
@@ -492,12 +498,14 @@ class Job:
             **info,
         )
 
-    async def _download_one(self, url: str, index: int, when: datetime) -> SavedImage:
+    async def _download_one(self, url: str, index: int, when: datetime, side_max: int) -> SavedImage:
         policy = retry.DOWNLOAD
         attempt = 0
         while True:
             try:
-                return await self.deps.downloader.download(url, self.provider.name, index, when)
+                return await self.deps.downloader.download(
+                    url, self.provider.name, index, when, side_max=side_max
+                )
             except DownloadError as exc:
                 attempt += 1
                 if not exc.retryable or policy.exhausted(attempt):

@@ -58,10 +58,18 @@ class Settings(BaseSettings):
         default_factory=list, description="if set, only image URLs on these hosts are downloaded"
     )
     download_timeout_s: float = Field(120.0, gt=0)
+    download_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="networks (CIDR) image downloads may reach besides public addresses, e.g. a local emulator",
+    )
 
     # HTTP
     http_host: str = "127.0.0.1"
     http_port: int = Field(8001, ge=0, le=65535)
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="a request whose headers are not complete by then is dropped (slow clients)"
+    )
+    http_body_timeout_s: float = Field(30.0, gt=0, description="a request body not received by then is 408")
 
     # Catalog
     catalog_path: Path | None = Field(
@@ -89,6 +97,10 @@ class Settings(BaseSettings):
         120.0, gt=0, description="how long POST with is_async=false waits for the result"
     )
     intake_prefetch: int = Field(32, ge=1)
+    reply_to_prefixes: list[str] = Field(
+        default_factory=lambda: ["amq.gen-", "amq_", "amq.rabbitmq.reply-to"],
+        description="queues a request's reply_to may name (prefixes); the default: exclusive reply queues only",
+    )
 
     # Providers
     aliyun_api_key: SecretStr | None = Field(

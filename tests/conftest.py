@@ -77,6 +77,7 @@ def make_settings(namespace: str, image_dir: Path, sim: Simulator, **overrides: 
         "liblibai_secret_key": SecretStr(config.liblib_secret_key),
         "liblibai_base_url": sim.liblib_base_url,
         "poll_first_delay_s": 0.1,
+        "download_allowed_networks": ["127.0.0.0/8", "::1/128"],  # the emulator serves images on loopback
         "poll_max_interval_s": 0.5,
         "shutdown_grace_s": 5.0,
     }

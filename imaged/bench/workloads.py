@@ -23,6 +23,7 @@ import aiohttp
 from pymongo import AsyncMongoClient
 
 from ..images import CHUNK_BYTES, ImageDownloader
+from ..netguard import AddressPolicy, guarded_connector
 from .processes import Daemon, Emulator, usage
 from .references import raw_download, task_document
 
@@ -110,6 +111,7 @@ class Stage:
             "IMAGED_IMAGE_DIR": str(self.dir / "images"),
             "IMAGED_LOG_LEVEL": "WARNING",
             "IMAGED_LOG_FORMAT": "json",
+            "IMAGED_DOWNLOAD_ALLOWED_NETWORKS": '["127.0.0.0/8", "::1/128"]',  # the emulator's images
             # Caps lifted: imaged's own limits out of the way, as the emulator's are.
             "IMAGED_LIBLIBAI_MAX_IN_FLIGHT": str(cap),
             "IMAGED_LIBLIBAI_SUBMIT_PER_SECOND": "1000000",
@@ -262,8 +264,9 @@ async def download_benchmark(emulator: Emulator, work_dir: Path, megabytes: int)
     before = usage(os.getpid())
     tracemalloc.start()
     try:
-        async with aiohttp.ClientSession() as http:
-            downloader = ImageDownloader(http, target, max_bytes=size * 2, timeout_s=300)
+        policy = AddressPolicy(["127.0.0.0/8", "::1/128"])  # the emulator, on loopback
+        async with aiohttp.ClientSession(connector=guarded_connector(policy)) as http:
+            downloader = ImageDownloader(http, target, max_bytes=size * 2, timeout_s=300, policy=policy)
             started = time.perf_counter()
             saved = await downloader.download(url, "liblibai", 0, datetime.now())
             imaged_s = time.perf_counter() - started

@@ -36,6 +36,11 @@ class Credential:
     max_in_flight: int
 
 
+#: images a task may keep at most, whatever it asked for
+MAX_IMAGES_PER_TASK = 16
+DEFAULT_IMAGE_SIDE_MAX = 8192
+
+
 class ProviderState(StrEnum):
     """A provider task's state, normalised across providers."""
 
@@ -106,6 +111,29 @@ class Provider(abc.ABC):
         """Result fields known from the parameters alone (prompt, width, height); unknown ones are left out."""
         return {}
 
+    def images_requested(self, spec: ModelSpec, params: dict[str, Any]) -> int:
+        """How many images the task asked for: imaged keeps (and bills) no more than that, whatever the reply
+        lists. This default reads ``n`` or ``imgCount`` (at the top or inside ``generateParams``)."""
+        for where in (params, params.get("generateParams")):
+            if isinstance(where, dict):
+                for key in ("n", "imgCount"):
+                    value = where.get(key)
+                    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                        return min(value, MAX_IMAGES_PER_TASK)
+        return 1
+
+    def image_side_max(self, spec: ModelSpec, params: dict[str, Any]) -> int:
+        """The largest width or height an image of this task may have: a provider that delivers more is broken
+        or hostile (and a huge image costs memory and disk). From the catalog's ``output_side_max``, else four
+        times its ``side_max`` (room for upscaling models), else 8192."""
+        explicit = spec.limits.get("output_side_max")
+        if isinstance(explicit, int) and explicit > 0:
+            return explicit
+        side_max = spec.limits.get("side_max")
+        if isinstance(side_max, int) and side_max > 0:
+            return 4 * side_max
+        return DEFAULT_IMAGE_SIDE_MAX
+
     @abc.abstractmethod
     async def submit(self, credential: Credential, spec: ModelSpec, params: dict[str, Any]) -> str:
         """Start a task at the provider and return its id."""
@@ -162,6 +190,27 @@ def _scrub(text: str) -> str:
     return _QUERY_RE.sub("?...", text)[:200]
 
 
+#: the largest reply body a provider call reads; anything larger is refused while it is being read
+MAX_REPLY_BYTES = 1024 * 1024
+
+
+class ReplyTooLarge(Exception):
+    """A reply body over ``MAX_REPLY_BYTES``."""
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    if response.content_length is not None and response.content_length > cap:
+        raise ReplyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > cap:
+            raise ReplyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def request_json(
     session: aiohttp.ClientSession,
     method: str,
@@ -187,12 +236,20 @@ async def request_json(
             json=json_body,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as response:
-            raw = await response.read()
+            raw = await _read_capped(response, MAX_REPLY_BYTES)
             status = response.status
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
     except TimeoutError:
         raise ProviderError(
             f"{what}: no answer within {timeout_s:g} s", code="timeout", retryable=True
+        ) from None
+    except ReplyTooLarge:
+        # Nothing a provider sends needs this much: a broken or hostile reply. For a submit it is ambiguous
+        # (the task may exist), as any reply imaged cannot read.
+        raise ProviderError(
+            f"{what}: malformed response (reply larger than {MAX_REPLY_BYTES} bytes)",
+            code="malformed_response",
+            retryable=True,
         ) from None
     except aiohttp.ClientError as exc:
         raise ProviderError(

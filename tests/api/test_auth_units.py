@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from imaged.admin import mask_url, redact
+from imaged.admin import redact
 from imaged.auth import (
-    OWNER_HEADER,
     Authenticator,
     AuthError,
     JwtVerifier,
@@ -20,9 +19,9 @@ from imaged.auth import (
     amqp_user,
     is_loopback,
     key_digest,
-    message_owner,
     new_api_key,
 )
+from imaged.diagnose import mask_url
 from imaged.errors import ConfigError
 from imaged.settings import Settings
 
@@ -38,17 +37,6 @@ def test_key_digests() -> None:
     assert key_digest("k", "pepper") == hmac.new(b"pepper", b"k", hashlib.sha256).hexdigest()
     key_id, key = new_api_key()
     assert key.startswith(f"imk_{key_id}_") and len(key) > 40 and "." not in key
-
-
-def test_owner_header_is_trusted_only_from_the_daemons_own_user() -> None:
-    headers = {OWNER_HEADER: "alice"}
-    assert message_owner("imaged", headers, "imaged") == "alice"
-    assert message_owner("imaged", {OWNER_HEADER: b"alice"}, "imaged") == "alice"
-    # Another AMQP user cannot claim an owner: the owner is that user.
-    assert message_owner("mallory", headers, "imaged") == "mallory"
-    assert message_owner(None, headers, "imaged") is None
-    assert message_owner("imaged", {OWNER_HEADER: "bad name!"}, "imaged") == "imaged"
-    assert message_owner("svc", None, "imaged") == "svc"
 
 
 def test_amqp_user_and_loopback() -> None:

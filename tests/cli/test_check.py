@@ -38,10 +38,14 @@ async def test_a_good_configuration_passes(cli: Cli) -> None:
         "catalog",
         "auth",
         "broker",
+        "amqp user",
         "database",
         "image dir",
         "provider keys",
     ]
+    amqp_user = next(c for c in report["checks"] if c["name"] == "amqp user")
+    assert amqp_user["ok"] is True and amqp_user["warning"] is True  # the tests log in as 'guest'
+    assert lines["amqp"].startswith("WARN") and "user of its own" in lines["amqp"]
 
 
 CASES = [

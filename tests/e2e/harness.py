@@ -144,6 +144,7 @@ class Cluster:
                 "IMAGED_SHUTDOWN_GRACE_S": "20",
                 "IMAGED_LOG_FORMAT": "json",
                 "IMAGED_LOG_LEVEL": "INFO",
+                "IMAGED_DOWNLOAD_ALLOWED_NETWORKS": '["127.0.0.0/8", "::1/128"]',  # the emulator's images
             }
         )
         env.update(self.extra_env)

@@ -308,6 +308,8 @@ class FakeProvider(Provider):
     name: ClassVar[str] = "fake"
     first_poll_delay_s: ClassVar[float] = 0.0
     max_poll_interval_s: ClassVar[float] = 0.005
+    #: images a task asks for unless its parameters say ``n``
+    default_images = 4
 
     def __init__(
         self,
@@ -316,6 +318,7 @@ class FakeProvider(Provider):
         journal: list[str] | None = None,
     ) -> None:
         # No super().__init__: it wants an aiohttp session, and the fake makes no HTTP calls.
+        # (images_requested: the base class reads "n"; without one the fake asks for default_images.)
         self.settings = settings
         self.creds = credentials if credentials is not None else [make_credential()]
         self.journal = journal if journal is not None else []
@@ -335,6 +338,10 @@ class FakeProvider(Provider):
 
     def credentials(self) -> list[Credential]:
         return list(self.creds)
+
+    def images_requested(self, spec: ModelSpec, params: dict[str, Any]) -> int:
+        n = params.get("n")
+        return n if isinstance(n, int) else self.default_images
 
     def validate(self, spec: ModelSpec, parameters: dict[str, Any]) -> dict[str, Any]:
         return dict(parameters)
@@ -385,7 +392,9 @@ class FakeDownloader(ImageDownloader):
         """Downloads of ``url`` raise ``error``: ``times`` times, or always (None)."""
         self._failures[url] = (error, times)
 
-    async def download(self, url: str, provider: str, index: int, when: datetime) -> SavedImage:
+    async def download(
+        self, url: str, provider: str, index: int, when: datetime, *, side_max: int = 8192
+    ) -> SavedImage:
         self.calls.append(url)
         self.journal.append(f"download {url}")
         failure = self._failures.get(url)

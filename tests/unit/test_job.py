@@ -722,6 +722,18 @@ async def test_an_image_that_cannot_be_downloaded_is_listed_as_failed(h: Harness
     assert h.downloader.calls.count(image_url(2)) == 3  # retryable: twice more
 
 
+async def test_no_more_images_are_kept_and_billed_than_the_task_asked_for(h: Harness) -> None:
+    h.add_task("t1", parameters={"prompt": "a fox", "n": 1})
+    h.provider.poll_script.append(succeeded(40))
+
+    assert await h.run("t1") is Status.COMPLETED
+
+    assert h.downloader.calls == [image_url(0)]
+    result = h.sink.events[-1]["result"]
+    assert [image["index"] for image in result["images"]] == [0]
+    assert result["cost"] == pytest.approx(PRICE_PER_IMAGE)
+
+
 async def test_a_task_whose_every_image_fails_to_download_fails(h: Harness) -> None:
     h.add_task("t1")
     h.provider.poll_script.append(succeeded(1))
