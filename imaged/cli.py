@@ -17,7 +17,8 @@ from . import __version__
 from .contract import Status
 from .diagnose import StartupError
 from .errors import ImagedError
-from .logs import configure_logging
+from .logs import configure_logging, use_redactor
+from .redact import Redactor
 from .settings import Settings
 
 T = TypeVar("T")
@@ -77,7 +78,9 @@ def main(ctx: click.Context, log_level: str | None) -> None:
 
 
 def _configure(ctx: click.Context, settings: Settings) -> None:
-    configure_logging(ctx.obj.get("log_level") or settings.log_level, settings.log_format)
+    configure_logging(
+        ctx.obj.get("log_level") or settings.log_level, settings.log_format, Redactor.from_settings(settings)
+    )
 
 
 SIM_BANNER = """
@@ -128,6 +131,7 @@ async def _run_daemon(settings: Settings, simulate: bool, task_seconds: float) -
         simulator = Simulator(config)
         await simulator.start()
         settings = simulated_settings(settings, simulator, config)
+        use_redactor(Redactor.from_settings(settings))
         click.echo(SIM_BANNER.format(url=simulator.url), err=True)
     try:
         await Daemon(settings).run_until(stop)

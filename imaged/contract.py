@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .sanitize import has_lone_surrogate
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _TASK_ID_RE = re.compile(TASK_ID_PATTERN)
@@ -91,6 +93,14 @@ class Request(BaseModel):
     timeout_s: float | None = Field(
         None, gt=0, le=86400, description="deadline; defaults to the daemon's setting"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        # A lone UTF-16 surrogate ("\ud800" in JSON) cannot be stored or sent on: refuse it here, by name.
+        if has_lone_surrogate(data):
+            raise ValueError("contains invalid Unicode (a lone surrogate such as \\ud800)")
+        return data
 
     @field_validator("metadata")
     @classmethod

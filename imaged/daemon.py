@@ -47,6 +47,7 @@ from .outage import is_outage, wait_out
 from .provenance import LaneSigner
 from .providers.base import Provider
 from .providers.registry import available_providers
+from .redact import Redactor
 from .replicas import Replicas, replica_id
 from .settings import Settings
 from .shares import SharedShares
@@ -145,6 +146,7 @@ class Daemon:
             self.claims,
             self.cancels,
             self._draining,
+            Redactor.from_settings(s),
         )
         limits: list[ProviderLimits] = []
         for provider in self.providers.values():

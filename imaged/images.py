@@ -31,6 +31,7 @@ from .netguard import AddressPolicy, check_url
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
+MAX_URL_CHARS = 4096
 PART_SUFFIX = ".part"
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -93,6 +94,8 @@ class ImageDownloader:
 
     def check_url(self, url: str) -> URL:
         """The URL as it will be fetched; refused (not retryable) when it may not be."""
+        if len(url) > MAX_URL_CHARS:
+            raise DownloadError(f"image URL is longer than {MAX_URL_CHARS} characters", code="bad_url")
         checked = check_url(url, self.policy)
         host = (checked.raw_host or "").lower()
         if self.allowed_hosts and host not in self.allowed_hosts:

@@ -28,6 +28,7 @@ from .events import EventPublisher, build_event
 from .metrics import Metrics
 from .provenance import SIGNATURE_HEADER, LaneSigner
 from .providers.base import Provider
+from .sanitize import clean_text
 from .settings import Settings
 from .store import TaskStore
 from .task import Task
@@ -273,10 +274,12 @@ class Intake:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             data = {}
         data = data if isinstance(data, dict) else {}
-        model = data.get("model") if isinstance(data.get("model"), str) else ""
+        model = clean_text(data["model"], 128) if isinstance(data.get("model"), str) else ""
         spec = self.catalog.get(model or "")
         provider = (
-            spec.provider if spec else (data.get("provider") if isinstance(data.get("provider"), str) else "")
+            spec.provider
+            if spec
+            else (clean_text(data["provider"], 64) if isinstance(data.get("provider"), str) else "")
         )
         try:
             self.check_reply_to(message.reply_to)
@@ -292,7 +295,7 @@ class Intake:
             created_at=now,
             updated_at=now,
             owner=message.user_id,
-            correlation_id=message.correlation_id,
+            correlation_id=clean_text(message.correlation_id, 256) if message.correlation_id else None,
             reply_to=reply_to,
             seq=1,
             finished_at=now,

@@ -34,6 +34,8 @@ from .limits import ProviderLimits
 from .metrics import Metrics
 from .outage import is_outage, wait_out
 from .providers.base import Credential, PollResult, Provider, ProviderState
+from .redact import Redactor
+from .sanitize import clean, clean_text
 from .settings import Settings
 from .store import TaskStore
 from .task import RESUME_SEQ_GAP, Task
@@ -41,6 +43,12 @@ from .task import RESUME_SEQ_GAP, Task
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: what a provider says is kept within these bounds (characters of a message, bytes of other data)
+MAX_PROVIDER_TEXT = 1000
+MAX_PROVIDER_DATA = 16 * 1024
+#: image entries of a reply looked at, however many it lists
+MAX_LISTED_IMAGES = 100
 
 # Submit failures after which the provider may nevertheless have created the task.
 AMBIGUOUS_SUBMIT_CODES = frozenset({"timeout", "connection_error", "malformed_response"})
@@ -64,6 +72,8 @@ class JobDeps:
     cancels: CancelBoard
     #: set when the daemon shuts down: no new submits, waiting jobs hand their task back
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+    #: removes secrets from what providers say (they may echo a key)
+    redactor: Redactor = field(default_factory=Redactor)
 
 
 class ClaimHeld(Exception):
@@ -396,7 +406,7 @@ class Job:
 
     async def _cancel_at_provider(self, spec: ModelSpec, cred: Credential, provider_task_id: str) -> bool:
         try:
-            return await self.provider.cancel(cred, spec, provider_task_id)
+            return await self._counted("cancel", self.provider.cancel(cred, spec, provider_task_id))
         except TaskError as exc:
             log.warning("provider cancel failed: %s", exc.message)
             return False
@@ -434,15 +444,31 @@ class Job:
                 await asyncio.sleep(0 if retry.testing() else wait)
 
     async def _counted(self, operation: str, request: Awaitable[T]) -> T:
-        """One request to the provider, counted by outcome in ``imaged_provider_requests_total``."""
+        """One request to the provider, counted by outcome in ``imaged_provider_requests_total``. What the
+        provider said is made safe here, before anything stores, sends or logs it."""
         requests = self.deps.metrics.provider_requests
         try:
             result = await request
         except TaskError as exc:
             requests.labels(self.provider.name, operation, exc.category.value).inc()
+            exc.message = self._safe_text(exc.message)
+            exc.args = (exc.message,)
             raise
         requests.labels(self.provider.name, operation, "ok").inc()
+        if isinstance(result, PollResult):
+            self._make_safe(result)
         return result
+
+    def _safe_text(self, text: str) -> str:
+        return self.deps.redactor.text(clean_text(text, MAX_PROVIDER_TEXT))
+
+    def _make_safe(self, poll: PollResult) -> None:
+        """A provider's reply may be hostile or broken: cap and clean it, drop secrets it echoes."""
+        if poll.error is not None:
+            poll.error = poll.error.model_copy(update={"message": self._safe_text(poll.error.message)})
+        poll.info = self.deps.redactor.value(clean(poll.info, max_bytes=MAX_PROVIDER_DATA))
+        poll.failed_images = self.deps.redactor.value(clean(poll.failed_images, max_bytes=MAX_PROVIDER_DATA))
+        poll.images = poll.images[:MAX_LISTED_IMAGES]
 
     # -- download -----------------------------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from .redact import RedactingFilter, Redactor
+
 _job_context: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
     "imaged_job_context", default=()
 )
@@ -51,6 +53,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # the redacting filter leaves the (redacted) traceback here
+            entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -70,15 +74,25 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{' '.join(extras)}]" if extras else line
 
 
-def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
-    """Install one handler on the root logger. Called by the CLI only."""
+def configure_logging(level: str = "INFO", fmt: str = "auto", redactor: Redactor | None = None) -> None:
+    """Install one handler on the root logger, whose every line is redacted (``redact.py``). Called by the CLI
+    only; :func:`use_redactor` swaps the secrets it knows later (e.g. once the emulator's keys are made)."""
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     handler.addFilter(_ContextFilter())
+    handler.addFilter(RedactingFilter(redactor or Redactor()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Libraries are chatty at INFO (every connection, every request).
     for noisy in ("aio_pika", "aiormq", "aiohttp.access", "pymongo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def use_redactor(redactor: Redactor) -> None:
+    """Redact log lines with these secrets from now on."""
+    for handler in logging.getLogger().handlers:
+        for found in handler.filters:
+            if isinstance(found, RedactingFilter):
+                found.redactor = redactor
