@@ -24,7 +24,6 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from .api import result_view, status_view
 from .auth import ApiKeys, Authenticator, amqp_user, is_loopback, is_valid_tenant, key_digest
 from .broker import Topology
 from .catalog import Catalog
@@ -35,6 +34,7 @@ from .providers.registry import available_providers
 from .settings import Settings
 from .store import MongoTaskStore
 from .task import Task
+from .views import result_view, status_view
 
 T = TypeVar("T")
 

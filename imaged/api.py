@@ -36,6 +36,7 @@ from .errors import ConfigError, InvalidRequest
 from .intake import TaskIdTaken, describe_validation_error
 from .openapi import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, LIST_MAX_OFFSET, openapi_document
 from .task import Task
+from .views import model_view, result_view, status_view
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -142,46 +143,6 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 # -- views ----------------------------------------------------------------------------------------------------------
-
-
-def status_view(task: Task) -> dict[str, Any]:
-    return {
-        "task_id": task.id,
-        "status": task.status.value,
-        "progress": task.progress,
-        "model": task.model,
-        "provider": task.provider,
-        "created_at": task.created_at,
-        "updated_at": task.updated_at,
-        "cancel_requested": task.cancel_requested,
-        "error": task.error,
-    }
-
-
-def result_view(task: Task) -> dict[str, Any]:
-    return {
-        "task_id": task.id,
-        "status": task.status.value,
-        "result": task.result,
-        "error": task.error,
-    }
-
-
-def model_view(daemon: Daemon) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": spec.name,
-            "provider": spec.provider,
-            "kind": spec.kind,
-            "title": spec.title,
-            "available": spec.provider in daemon.providers,
-            "defaults": spec.defaults,
-            "limits": spec.limits,
-            "price_per_image": spec.price_per_image,
-            "currency": spec.currency,
-        }
-        for spec in sorted(daemon.catalog.models.values(), key=lambda s: (s.provider, s.name))
-    ]
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
@@ -344,7 +305,8 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     await authenticate(request)
-    return envelope(model_view(request.app[DAEMON_KEY]), "获取模型列表成功")
+    daemon = request.app[DAEMON_KEY]
+    return envelope(model_view(daemon.catalog, daemon.providers), "获取模型列表成功")
 
 
 async def openapi_json(request: web.Request) -> web.Response:
