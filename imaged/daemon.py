@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from .catalog import Catalog
 from .claims import MongoClaims
 from .contract import is_valid_task_id, utcnow
 from .deadletters import DeadLetterWatcher
+from .delivery import DeliveryPolicy, process
 from .diagnose import (
     BROKER_ERRORS,
     DATABASE_ERRORS,
@@ -43,7 +44,6 @@ from .lane import Lane
 from .limits import ProviderLimits
 from .metrics import Metrics
 from .netguard import AddressPolicy, guarded_connector
-from .outage import is_outage, wait_out
 from .provenance import LaneSigner
 from .providers.base import Provider
 from .providers.registry import available_providers
@@ -59,6 +59,13 @@ log = logging.getLogger(__name__)
 STALE_PART_AGE_S = 3600.0
 #: claims of gone replicas older than this belong to tasks past any deadline (timeout_s is at most a day)
 STALE_CLAIM_S = 25 * 3600.0
+
+
+async def _drop(messages: Sequence[AbstractIncomingMessage], exc: BaseException) -> None:
+    log.error(
+        "dropping a dead letter imaged cannot handle (%s); it stays in the dead-letter queue",
+        type(exc).__name__,
+    )
 
 
 class Daemon:
@@ -182,7 +189,7 @@ class Daemon:
             self.broker, self.store, events, self.intake, self.claims, signer, self.metrics
         )
         self._intake_channel = await self.broker.open_consumer_channel(prefetch=s.intake_prefetch)
-        for queue_name, handler in (
+        for queue_name, handle in (
             (self.topology.requests, self.intake.handle),
             (self.topology.dead_watch, watcher.handle),
         ):
@@ -190,7 +197,7 @@ class Daemon:
                 self.broker,
                 self._intake_channel,
                 queue_name,
-                self._outage_tolerant(handler),
+                self._consume(queue_name, handle),
                 list(self.providers),
             )
             await consumer.start()
@@ -359,30 +366,17 @@ class Daemon:
             await self.broker.publish_control({"cancel": task_id})
         return task
 
-    @staticmethod
-    def _outage_tolerant(
-        handler: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    def _consume(
+        self, queue: str, handle: Callable[[AbstractIncomingMessage], Awaitable[None]]
     ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        """A consumer callback that waits out a broker or database outage holding its message, never dropping it."""
+        """A consumer callback that runs ``handle`` under the delivery policy (``delivery.py``). A crash is
+        requeued and left to the broker's delivery limit, whose dead letters the watcher turns into failed tasks
+        (the watcher's own queue has no limit: a message it cannot handle is logged and dropped the third time)."""
+        limit = 3 if queue == self.topology.dead_watch else None
+        policy = DeliveryPolicy(queue, delivery_limit=limit, give_up=_drop if limit else None)
 
         async def consume(message: AbstractIncomingMessage) -> None:
-            outage = 0
-            while True:
-                try:
-                    await handler(message)
-                    return
-                except Exception as exc:
-                    if not is_outage(exc):
-                        log.exception(
-                            "failed on a message of %s; it goes back to the queue", message.routing_key
-                        )
-                        # The broker dead-letters it once the delivery limit is reached.
-                        with contextlib.suppress(Exception):
-                            await message.nack(requeue=True)
-                        return
-                    log.warning("waiting for the broker/database (%s)", type(exc).__name__)
-                    await wait_out(outage, exc)
-                    outage += 1
+            await process([message], lambda _: handle(message), policy, self.broker, self.metrics)
 
         return consume
 

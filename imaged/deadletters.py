@@ -22,7 +22,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from .broker import Broker, settle
+from .broker import Broker
 from .claims import Claims, ClaimState
 from .contract import ErrorCategory, ErrorInfo, Status
 from .events import EventPublisher
@@ -68,8 +68,7 @@ class DeadLetterWatcher:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         death = death_of(message)
         if death is None or "x-imaged-reason" in (message.headers or {}):
-            await settle(message, ack=True)  # imaged's own dead letter: already recorded
-            return
+            return  # imaged's own dead letter: recorded when it was rejected
         reason, queue = death
         topology = self.broker.topology
         if queue == topology.requests:
@@ -78,7 +77,6 @@ class DeadLetterWatcher:
             await self._lane_message_died(message, reason, queue)
         else:
             self._forged(message, f"a dead letter of queue {queue!r}, which is not imaged's")
-        await settle(message, ack=True)
 
     def _count(self, reason: str) -> None:
         self.metrics.dead_letters.labels(

@@ -20,9 +20,10 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from .broker import RESUME_HEADER, Broker, settle
+from .broker import RESUME_HEADER, Broker
 from .catalog import Catalog, ModelSpec
 from .contract import ErrorInfo, Request, Status, check_plain_keys, is_valid_task_id, new_task_id, utcnow
+from .delivery import DeadLetter
 from .errors import InvalidRequest
 from .events import EventPublisher, build_event
 from .metrics import Metrics
@@ -90,15 +91,16 @@ class Intake:
     # -- AMQP -----------------------------------------------------------------------------------------------------
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
+        """A request from the queue; raises :class:`DeadLetter` for an invalid one (see ``delivery.py``)."""
         if message.redelivered:
             self.metrics.redeliveries.labels("requests").inc()
         try:
             outcome = await self.accept(message)
         except InvalidRequest as exc:
-            await self.reject(message, exc)
-            outcome = "invalid"
+            self.metrics.requests_received.labels("invalid").inc()
+            error = await self.reject(message, exc)
+            raise DeadLetter("invalid_request", error) from exc
         self.metrics.requests_received.labels(outcome).inc()
-        await settle(message, ack=True)
 
     def parse(self, message: AbstractIncomingMessage) -> tuple[Request, str]:
         self.check_reply_to(message.reply_to)
@@ -245,15 +247,15 @@ class Intake:
 
     # -- invalid requests -----------------------------------------------------------------------------------------
 
-    async def reject(self, message: AbstractIncomingMessage, exc: InvalidRequest) -> None:
-        """Record and announce an invalid request where a task id is known, then dead-letter it."""
+    async def reject(self, message: AbstractIncomingMessage, exc: InvalidRequest) -> dict[str, Any]:
+        """Record and announce an invalid request where a task id is known; returns the error to dead-letter
+        it with."""
         error = exc.info()
         log.info("invalid request: %s", exc.message, extra={"code": exc.code})
         task_id = self.known_task_id(message)
         if task_id is not None and not isinstance(exc, TaskIdTaken):
             await self.record_failure(message, task_id, error)
-        await self.broker.dead_letter(message, "invalid_request", error.model_dump(mode="json"))
-        self.metrics.dead_letters.labels("invalid_request").inc()
+        return error.model_dump(mode="json")
 
     def known_task_id(self, message: AbstractIncomingMessage) -> str | None:
         try:

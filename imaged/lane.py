@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from . import retry
 from .broker import RESUME_HEADER, Broker, Consumer, settle
 from .contract import ErrorCategory, ErrorInfo, Status
-from .errors import HandBack, TaskError
+from .delivery import DeadLetter, DeliveryPolicy, process
+from .errors import TaskError
 from .job import Job, JobDeps
 from .limits import ProviderLimits
 from .logs import job_context
-from .outage import is_outage, wait_out
 from .providers.base import Provider
 from .task import Task
 
@@ -43,6 +43,9 @@ class Lane:
         self.running: dict[str, Job] = {}
         self.channel: AbstractChannel | None = None
         self.consumer: Consumer | None = None
+        self.policy = DeliveryPolicy(
+            self.queue_name, delivery_limit=broker.topology.lane_delivery_limit, give_up=self._give_up
+        )
 
     async def start(self, providers: list[str]) -> None:
         self.channel = await self.broker.open_consumer_channel(prefetch=self.limits.capacity)
@@ -109,90 +112,49 @@ class Lane:
     async def _run(self, task_id: str, resumed: bool, snapshot: Task | None) -> None:
         gauge = self.deps.metrics.in_flight.labels(self.provider.name)
         gauge.inc()
+
+        async def run_job(after_outage: bool) -> None:
+            # After an outage the job starts again from whatever was stored.
+            job = Job(
+                self.deps,
+                self.provider,
+                self.limits,
+                task_id,
+                resumed=resumed or after_outage,
+                snapshot=None if after_outage else snapshot,
+            )
+            self.running[task_id] = job
+            try:
+                await job.run()
+            except TaskError as exc:
+                # Raised before the task could be stored as failed (e.g. an unknown task): nothing to retry.
+                log.error("dropping lane message: %s", exc.message)
+                raise DeadLetter(exc.code, exc.info().model_dump(mode="json")) from exc
+
         try:
             with job_context(task_id=task_id, provider=self.provider.name):
-                ack = await self._run_job(task_id, resumed, snapshot)
-            await self._settle_all(task_id, ack=ack)
+                await process(self.deliveries[task_id], run_job, self.policy, self.broker, self.deps.metrics)
         finally:
             self.deliveries.pop(task_id, None)
             self.jobs.pop(task_id, None)
             self.running.pop(task_id, None)
             gauge.dec()
 
-    async def _settle_all(self, task_id: str, *, ack: bool) -> None:
-        """Settle every delivery of the task, including duplicates that arrive while settling."""
-        messages = self.deliveries.get(task_id, [])
-        done = 0
-        while done < len(messages):
-            await settle(messages[done], ack=ack)
-            done += 1
-
-    async def _run_job(self, task_id: str, resumed: bool, snapshot: Task | None) -> bool:
-        """Run the job; returns whether its messages are to be acked (False: back to the queue).
-
-        An outage of the broker or database pauses the job and runs it again from the stored state.
-        """
-        outage = 0
-        while True:
-            job = Job(self.deps, self.provider, self.limits, task_id, resumed=resumed, snapshot=snapshot)
-            self.running[task_id] = job
-            try:
-                await job.run()
-                return True
-            except asyncio.CancelledError:
-                log.info("job interrupted by shutdown; its message goes back to the queue")
-                raise
-            except HandBack as exc:
-                log.info("handing the task back: %s", exc)
-                return False
-            except TaskError as exc:
-                # Raised before the task could be stored as failed (e.g. unknown task): nothing to retry.
-                log.error("dropping lane message: %s", exc.message)
-                try:
-                    await self.broker.dead_letter(
-                        self.deliveries[task_id][-1], exc.code, exc.info().model_dump(mode="json")
-                    )
-                except Exception as publish_error:
-                    if not is_outage(publish_error):
-                        raise
-                    return False  # the broker redelivers it, and we decide again
-                return True
-            except Exception as exc:  # noqa: BLE001 - sorted below: an outage, or a bug / poison task
-                if not is_outage(exc):
-                    return await self._crashed(job, exc)
-                log.warning("backing service unavailable (%s: %s); resuming", type(exc).__name__, exc)
-                await wait_out(outage, exc)
-                outage += 1
-                resumed, snapshot = True, None  # the next run starts from whatever was stored
-
-    async def _crashed(self, job: Job, exc: Exception) -> bool:
-        """A bug or a poison task: requeue, and on the last allowed delivery fail the task instead of looping."""
-        message = self.deliveries[job.task_id][-1]
-        count = (message.headers or {}).get("x-delivery-count", 0)
-        deliveries = (count if isinstance(count, int) else 0) + 1
-        if deliveries < self.broker.topology.lane_delivery_limit:
-            log.exception(
-                "job crashed (delivery %d); the message will be redelivered", deliveries, exc_info=exc
-            )
-            await retry.CRASHED.wait(deliveries)  # no hot loop through the delivery limit
-            return False
-        log.exception("job crashed on its last allowed delivery; failing the task", exc_info=exc)
+    async def _give_up(self, messages: Sequence[AbstractIncomingMessage], exc: BaseException) -> None:
+        """A job that crashed on its last allowed delivery: fail its task instead of looping, dead-letter it."""
+        task_id = json.loads(messages[-1].body)["task_id"]
         error = ErrorInfo(
             category=ErrorCategory.INTERNAL,
             code="crashed",
             message=f"imaged failed on this task: {type(exc).__name__}",
         )
-        try:
-            task = await self.deps.store.get(job.task_id)
-            if task is not None and not task.terminal:
-                job.resumed = True  # its claim was handed back: take it over to write the outcome
-                await job.finish(task, Status.FAILED, error=error)
-            await self.broker.dead_letter(message, "crashed", error.model_dump(mode="json"))
-        except Exception:
-            log.exception("could not record the crash; requeueing")
-            return False
-        self.deps.metrics.dead_letters.labels("crashed").inc()
-        return True
+        task = await self.deps.store.get(task_id)
+        if task is not None and not task.terminal:
+            job = Job(
+                self.deps, self.provider, self.limits, task_id, resumed=True
+            )  # its claim was handed back
+            await job.finish(task, Status.FAILED, error=error)
+        await self.broker.dead_letter(messages[-1], "crashed", error.model_dump(mode="json"))
 
 
 def _snapshot(body: object, task_id: str) -> Task | None:
