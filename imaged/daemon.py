@@ -18,12 +18,13 @@ import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiohttp import web
 
-from .api import create_app
+from .api import ApiDeps, create_app
+from .auth import ApiKeys
 from .broker import Broker, Consumer, Topology
 from .cancels import CancelBoard
 from .catalog import Catalog
 from .claims import MongoClaims
-from .contract import is_valid_task_id, utcnow
+from .contract import Request, is_valid_task_id, utcnow
 from .deadletters import DeadLetterWatcher
 from .delivery import DeliveryPolicy, process
 from .diagnose import (
@@ -38,7 +39,7 @@ from .errors import ConfigError
 from .events import BrokerEvents, EventPublisher
 from .httpserver import HttpLimits, make_runner
 from .images import ImageDownloader, is_orphan, leftover_parts
-from .intake import Intake
+from .intake import Intake, Submitted
 from .job import JobDeps
 from .lane import Lane
 from .limits import ProviderLimits
@@ -128,7 +129,18 @@ class Daemon:
         http_limits = HttpLimits(
             header_timeout_s=s.http_header_timeout_s, body_timeout_s=s.http_body_timeout_s
         )
-        self._runner = make_runner(create_app(self), http_limits, access_log=None)
+        api = ApiDeps(
+            settings=s,
+            tasks=self.store,
+            catalog=self.catalog,
+            providers=self.providers.keys(),
+            submit=self._submit,
+            cancel=self.cancel,
+            readiness=self.readiness,
+            registry=self.metrics.registry,
+            api_keys=ApiKeys(self.store.db["api_keys"]),
+        )
+        self._runner = make_runner(create_app(api), http_limits, access_log=None)
         await self._runner.setup()
 
         events = EventPublisher(BrokerEvents(self.broker), self.store)
@@ -382,14 +394,21 @@ class Daemon:
 
     # -- queries used by the HTTP API ---------------------------------------------------------------------------
 
-    async def wait_for_terminal(self, task_id: str, timeout_s: float) -> Task | None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            task = await self.store.get(task_id)
-            if task is not None and task.terminal:
-                return task
-            await asyncio.sleep(0.25)
-        return None
+    async def _submit(
+        self,
+        request: Request,
+        *,
+        task_id: str,
+        owner: str | None,
+        correlation_id: str | None,
+        reply_to: str | None,
+    ) -> Submitted:
+        """A request from the HTTP API, handed to intake in this process."""
+        if self.intake is None:
+            raise RuntimeError("imaged is still starting")
+        return await self.intake.submit(
+            request, task_id=task_id, owner=owner, correlation_id=correlation_id, reply_to=reply_to
+        )
 
     async def readiness(self) -> dict[str, Any]:
         broker_ok = self.broker.is_connected

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, Phase, strategies
 from schemathesis import GenerationMode
 
+from imaged.api.openapi import openapi_document
 from imaged.daemon import Daemon
-from imaged.openapi import openapi_document
 from imaged.settings import Settings
 from imaged.simulator import Simulator
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from . import __version__
-from .contract import TASK_ID_PATTERN, ErrorInfo, Request, Result, Status
+from .. import __version__
+from ..contract import TASK_ID_PATTERN, ErrorInfo, Request, Result, Status
 
 # Bounds of GET /api/v1/tasks, part of the documented contract.
 LIST_DEFAULT_LIMIT = 20

@@ -1,0 +1,128 @@
+"""The HTTP API's plumbing: the original envelope, errors that render in it, request parsing, two middlewares.
+
+Every response of ``/api/v1`` uses the envelope ``{"success", "message", "results"}``; errors carry
+``success: false`` and ``results: null`` and never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter
+from pymongo.errors import PyMongoError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+HTTP_REQUESTS_KEY: web.AppKey[Counter] = web.AppKey("http_requests")
+MAX_BODY_KEY: web.AppKey[int] = web.AppKey("max_request_bytes")
+
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_DEFAULT_MESSAGES = {
+    404: "not found",
+    405: "method not allowed",
+    413: "request body too large",
+}
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=_json)
+
+
+def envelope(results: Any, message: str, *, success: bool = True, status: int = 200) -> web.Response:
+    body = {"success": success, "message": message, "results": results}
+    return web.json_response(body, status=status, dumps=dumps)
+
+
+def error(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
+    response = envelope(None, message, success=False, status=status)
+    response.headers.update(headers or {})
+    return response
+
+
+class ApiError(Exception):
+    """An answer other than success, in the envelope: raised by a handler, rendered by the middleware."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure answers in the envelope; nothing internal leaks."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error(exc.status, exc.message, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 413 and MAX_BODY_KEY in request.app:
+            message = f"request body too large: the limit is {request.app[MAX_BODY_KEY]} bytes"
+        else:
+            message = _DEFAULT_MESSAGES.get(exc.status) or exc.reason or "error"
+        kept = {k: v for k, v in exc.headers.items() if k in _KEPT_HEADERS}
+        return error(exc.status, message, headers=kept)
+    except PyMongoError as exc:
+        log.warning("HTTP %s %s: database unavailable (%s)", request.method, request.path, type(exc).__name__)
+        return error(503, "the database is not available; try again later", headers={"Retry-After": "5"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("HTTP handler failed: %s %s", request.method, request.path)
+        return error(500, "internal error")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "other"
+    request.app[HTTP_REQUESTS_KEY].labels(method, route, str(response.status)).inc()
+    return response
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or an ApiError (400 not JSON, 413 too large)."""
+    cap = request.app.get(MAX_BODY_KEY, 0)
+    if cap and request.content_length is not None and request.content_length > cap:
+        raise ApiError(413, f"request body too large: the limit is {cap} bytes")
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return data
+
+
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name}: expected an integer from {low} to {high}") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name}: expected an integer from {low} to {high}")
+    return value
