@@ -19,22 +19,22 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TypeVar
 
 from . import retry
 from .cancels import RECHECK_S, CancelBoard
 from .catalog import Catalog, ModelSpec
 from .claims import Claims, ClaimState
-from .contract import ErrorCategory, ErrorInfo, ImageInfo, Result, Status, utcnow
-from .errors import DownloadError, HandBack, InvalidRequest, TaskError
+from .contract import ErrorCategory, ErrorInfo, Result, Status, utcnow
+from .errors import HandBack, InvalidRequest, TaskError
 from .events import EventPublisher
-from .images import ImageDownloader, SavedImage
+from .images import ImageDownloader
 from .limits import ProviderLimits
 from .metrics import Metrics
 from .outage import is_outage, wait_out
 from .providers.base import Credential, PollResult, Provider, ProviderState
 from .redact import Redactor
+from .results import collect
 from .sanitize import clean, clean_text
 from .settings import Settings
 from .store import TaskStore
@@ -188,7 +188,7 @@ class Job:
             )
             return await self.finish(task, Status.FAILED, error=error)
         started = time.monotonic()
-        result = await self._download(task, spec, poll)
+        result = await collect(self.provider, spec, task, poll, d.downloader, d.metrics)
         d.metrics.stage_duration.labels(self.provider.name, "download").observe(time.monotonic() - started)
         return await self.finish(task, Status.COMPLETED, result=result)
 
@@ -469,75 +469,6 @@ class Job:
         poll.info = self.deps.redactor.value(clean(poll.info, max_bytes=MAX_PROVIDER_DATA))
         poll.failed_images = self.deps.redactor.value(clean(poll.failed_images, max_bytes=MAX_PROVIDER_DATA))
         poll.images = poll.images[:MAX_LISTED_IMAGES]
-
-    # -- download -----------------------------------------------------------------------------------------------
-
-    async def _download(self, task: Task, spec: ModelSpec, poll: PollResult) -> Result:
-        d = self.deps
-        when = datetime.now()  # local time, as the original service named its files
-        images: list[ImageInfo] = []
-        failed = list(poll.failed_images)
-        wanted = self.provider.images_requested(spec, task.parameters)
-        if len(poll.images) > wanted:
-            log.warning(
-                "the provider listed %d images for %d requested: keeping %d", len(poll.images), wanted, wanted
-            )
-        side_max = self.provider.image_side_max(spec, task.parameters)
-        for image in poll.images[:wanted]:
-            try:
-                saved = await self._download_one(image.url, image.index, when, side_max)
-            except DownloadError as exc:
-                failed.append({"index": image.index, "code": exc.code, "message": exc.message})
-                continue
-            d.metrics.download_bytes.labels(self.provider.name).inc(saved.bytes)
-            images.append(
-                ImageInfo(
-                    index=image.index,
-                    url=image.url,
-                    local_path=str(saved.path),
-                    seed=image.seed,
-                    auditStatus=image.audit_status,
-                    sha256=saved.sha256,
-                    bytes=saved.bytes,
-                    width=saved.width,
-                    height=saved.height,
-                    content_type=saved.content_type,
-                )
-            )
-        if not images:
-            reason = failed[0]["message"] if failed else "the provider delivered no image"
-            raise DownloadError(f"no image could be downloaded: {reason}", code="no_images")
-        described = self.provider.describe(spec, task.parameters)
-        info = dict(poll.info)
-        usage = info.pop("usage", None) or {"image_count": len(images)}
-        return Result(
-            id=task.provider_task_id or "",
-            model=task.model,
-            created=f"{when:%Y-%m-%d %H:%M:%S}",
-            images=images,
-            prompt=described.get("prompt"),
-            width=described.get("width", images[0].width),
-            height=described.get("height", images[0].height),
-            usage=usage,
-            failed_images=failed,
-            cost=round(spec.price_per_image * len(images), 6),
-            **info,
-        )
-
-    async def _download_one(self, url: str, index: int, when: datetime, side_max: int) -> SavedImage:
-        policy = retry.DOWNLOAD
-        attempt = 0
-        while True:
-            try:
-                return await self.deps.downloader.download(
-                    url, self.provider.name, index, when, side_max=side_max
-                )
-            except DownloadError as exc:
-                attempt += 1
-                if not exc.retryable or policy.exhausted(attempt):
-                    raise
-                wait = await policy.wait(attempt)
-                log.info("retried image download after %.1fs: %s", wait, exc.message)
 
     # -- finish -------------------------------------------------------------------------------------------------
 

@@ -1,76 +1,35 @@
 """Redaction: remove credentials from any text before it is stored, published or logged.
 
-imaged holds paid provider keys, broker and database passwords and its own signing secrets. Providers,
-gateways, proxies and plugins echo credentials back in their error texts, whole or partly masked
-("Incorrect API key provided: sk-abc123***xyz9", "Authorization: Bearer ...", "AccessKey=AKID...
-Signature=..."). Every such text passes through one :class:`Redactor` before it reaches a task's error, an
-HTTP answer, an event or a log line.
+imaged holds paid provider keys, broker and database passwords and its own signing secrets. Providers, gateways,
+proxies and plugins echo credentials back in their error texts, whole or partly masked ("Incorrect API key
+provided: sk-abc123***xyz9", "Authorization: Bearer ...", "AccessKey=AKID... Signature=..."). Every such text
+passes through one :class:`Redactor` before it reaches a task's error, an HTTP answer, an event or a log line.
+It applies, in this order:
 
-A :class:`Redactor` applies three kinds of rule, in this order:
+1. **Configured secrets, whole** (and percent-encoded), wherever they occur: ``***``.
+2. **Key-shaped tokens, configured or not** (case-insensitive): ``Bearer <token>`` / ``Basic <b64>`` when the
+   token looks like a credential; ``sk-...`` keys; access key ids (``AKIA``, ``ASIA``, ``AKID``, ``LTAI``); a
+   URL's password; and a *label* (a word ending in key, secret, token, signature, sig, password, passwd, pwd,
+   authorization or credential(s), optionally followed by "id": ``api_key``, ``OSSAccessKeyId``,
+   ``X-Amz-Signature``...) followed by ``=`` or ``:`` and a value, in query strings, JSON and headers. The label
+   is kept: ``api_key=***``. A bare value after ``:`` is replaced only when it looks like a credential or the
+   label is a strong one, so prose and error codes stay readable ("Invalid key: please check").
+3. **Partial echoes of configured secrets** (:meth:`Redactor._partial_echoes`): a token holding 6+ consecutive
+   characters of a secret next to a mask (``*``, ``…``, ``•``, ``...``), or 10+ that look random. Without a mask,
+   6 shared characters happen by chance (a 32-hex key and an image URL's hex name share one about once in 20,000
+   URLs); 10 random-looking ones do not.
 
-1. **Configured secrets, whole.** Every configured secret value (and its percent-encoded forms, as it
-   appears in URLs) is replaced by ``***`` wherever it occurs, even inside a longer word.
+Not caught: secrets shorter than :data:`MIN_SECRET_CHARS` (6: replacing "guest" everywhere would wreck text);
+masked echoes keeping fewer than 6 characters, unmasked ones fewer than 10; secrets transformed otherwise than
+percent-encoding; unlabelled unconfigured random strings; label values split over lines.
 
-2. **Key-shaped tokens, whether configured or not** (all case-insensitive where a word is involved):
+Speed: one regular expression whose alternatives start with a literal, possessive quantifiers and lookbehinds:
+nothing backtracks, the work is linear (17 MB of ordinary text in about a second). Cut long texts first
+(:func:`imaged.sanitize.clean_text`).
 
-   - ``Bearer <token>`` / ``Basic <base64>`` -> ``Bearer ***`` / ``Basic ***``; the token must look like a
-     credential (see :func:`_credential_like`), so prose such as "Bearer authentication" stays;
-   - ``sk-<8+ of [A-Za-z0-9_*.-]>`` (OpenAI-style keys, masked or not) -> ``sk-***``; AWS/Tencent/Aliyun
-     access key ids (``AKIA``, ``ASIA``, ``AKID``, ``LTAI`` + 8 or more letters/digits/``*``) -> ``AKIA***``;
-   - a *label* followed by ``=`` or ``:`` and a value, in query strings, JSON (also escaped JSON and
-     Python reprs) and headers. A label is a word ending in ``key``, ``secret``, ``token``, ``signature``,
-     ``sig``, ``password``, ``passwd``, ``pwd``, ``authorization`` or ``credential(s)``, optionally followed by
-     ``id`` (so ``api_key``, ``apikey``, ``AccessKey``, ``OSSAccessKeyId``, ``X-Amz-Signature``,
-     ``x-api-key``, ``client_secret`` all count, ``max_tokens`` and ``keyword`` do not; the word's start is
-     not checked, so ``monkey=1`` becomes ``monkey=***``). The value is
-     replaced, the label kept: ``api_key=***``, ``"token": "***"``, ``Authorization: Bearer ***``. A value
-     after ``=`` or in quotes is always replaced. A bare value after ``:`` is replaced if it looks like a
-     credential, or if the label is a strong one (password, passwd, pwd, secret, authorization,
-     credential(s), or a label after ``api_``/``access-``/``secret_``...: ``x-api-key``) that does not end
-     a CamelCase word; so that prose and error codes stay readable: "Invalid key: please check",
-     "InvalidPassword: The password is wrong", "InvalidAccessKey: the key is disabled";
-   - the password of a URL (``scheme://user:password@host``) -> ``scheme://user:***@host``.
-
-3. **Partial echoes of configured secrets.** See :meth:`Redactor._partial_echoes`. A *token* is a run of
-   6..1024 characters of ``[A-Za-z0-9_+/*.~-…•]`` (trailing dots excluded). A token is replaced by ``***``
-   (``sk-***`` if it starts so) when it holds
-
-   - a run of **6 or more** consecutive characters of a configured secret and it is **masked** (it contains
-     ``*``, ``…``, ``•`` or ``...``: the gateway's "sk-abc123***xyz9", "LibAcc****wxyz", "ab12cd…"); or
-   - a run of **10 or more** consecutive characters of a configured secret that **looks random** (letters
-     with digits, one of ``_~+/*=``, or a lower-case letter followed by an upper-case one): a key echoed
-     cut short ("LibAccess0123") or from its middle.
-
-   Why: a mask next to 6 characters of a key is an echo; without a mask, 6 characters shared with a key
-   happen by chance (a 32-hex key and the hex file name of an image URL share a 6-character run about once
-   in 20,000 URLs), 10 random-looking characters do not (about once in 10^12). An ordinary word or number
-   is not redacted because a secret contains it: it is not masked and does not look random.
-
-Not caught (limits): a secret shorter than :data:`MIN_SECRET_CHARS` (6) characters is ignored, because
-replacing it would redact ordinary words and numbers everywhere (the default broker password "guest" is
-such a value); a masked echo that keeps fewer than 6 consecutive characters of a secret ("****xyz9"), an
-unmasked one that keeps fewer than 10 (a key cut to "sk-abc123"); a secret
-transformed otherwise than percent-encoding (base64, hex, reversed, split by spaces or line breaks); an
-unconfigured credential without a label or a known shape (a bare random string in prose); a secret whose
-characters are letters only, echoed partially and unmasked; a label value split over several lines; a
-partial echo inside a token longer than 1024 characters.
-
-Speed: the rules are one regular expression whose alternatives each start with a literal character (most
-positions are skipped by the engine's prefix scan), with possessive quantifiers wherever a run can be long
-and lookbehinds instead of leading scans, so nothing backtracks; plus substring and set lookups. The work is
-linear in the text's length: 17 MB of ordinary text (prose, HTML, JSON) takes about 0.5-1.5 s on a slow
-machine, dense adversarial text (millions of "key=" or key-shaped tokens) a few seconds. Cut long texts
-first (:func:`imaged.sanitize.clean_text`) where that is allowed.
-
-Logging: :class:`RedactingFilter` redacts every record. It is meant to be installed on the root handler by
-``imaged.logs.configure_logging``, once the settings are known::
-
-    handler.addFilter(RedactingFilter(Redactor.from_settings(settings)))
-
-It must sit on the *handler* (a filter on a logger does not see records propagated from child loggers). It
-leaves the redacted traceback in ``record.exc_text`` and clears ``record.exc_info``: formatters must print
-``exc_text`` (``logging.Formatter`` does; ``imaged.logs.JsonFormatter`` reads ``exc_info`` only and needs
-``if record.exc_text: entry["exception"] = record.exc_text`` to keep the traceback).
+Logging: :class:`RedactingFilter` redacts every record; ``imaged.logs.configure_logging`` installs it on the root
+*handler* (a logger's filter does not see records of child loggers). It leaves the redacted traceback in
+``record.exc_text`` and clears ``record.exc_info``.
 """
 
 from __future__ import annotations
