@@ -104,12 +104,15 @@ class DeadLetterWatcher:
         self._count(reason)
         if existing is None:
             await self.intake.record_failure(message, task_id, _error(reason, queue))
+            log.warning("task failed: its request died in the queue (%s)", reason, extra={"task_id": task_id})
         elif existing.terminal:
             await self.events.republish(existing)  # its event may not have gone out before it died
-            return
-        elif not await self._finish(task_id, _error(reason, queue)):
-            return  # a job drives it: it finishes the task itself
-        log.warning("task failed: its request died in the queue (%s)", reason, extra={"task_id": task_id})
+        else:
+            # Anyone may publish a request (or a dead letter naming one), so a dead request never fails a task
+            # that exists. Its request may have died between recording and forwarding, though: forward it
+            # again. A copy of a lane message is harmless: the task's claim lets one job drive it.
+            await self.intake.forward(existing, created=False)
+            log.info("dead request of an existing task: forwarded it again", extra={"task_id": task_id})
 
     async def _lane_message_died(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
         """A lane message the broker gave up on (its job crashed or was interrupted too often)."""
