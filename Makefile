@@ -36,6 +36,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+unit: $(STAMP)  ## the unit tests alone: no services, seconds
+	$(VENV)/bin/pytest tests/unit -q
+
 test: services lint typecheck  ## lint, types, and the whole test suite against the real services
 	$(VENV)/bin/pytest
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,15 @@ class Topology:
     @property
     def dead_watch(self) -> str:
         return f"{self.prefix}.dead.watch"
+
+    def queues(self, providers: Iterable[str]) -> list[str]:
+        """Every durable queue of this prefix (cleanup and checks derive names from here, not by hand)."""
+        return [self.requests, *(self.work(p) for p in providers), self.dead, self.dead_watch]
+
+    @property
+    def exchanges(self) -> list[str]:
+        """Every exchange of this prefix."""
+        return [self.events, self.control, self.dlx]
 
     def queue_arguments(self, delivery_limit: int) -> dict[str, Any]:
         # RabbitMQ 3.10 quorum queues have no default delivery limit: set one, or a poison message loops forever.

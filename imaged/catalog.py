@@ -24,11 +24,10 @@ class ModelSpec(BaseModel):
     kind: Literal["text-to-image", "image-to-image", "image-edit", "custom"]
     title: str = ""
     endpoint: str = Field(description="API path the provider client posts to")
-    template: str | None = Field(None, description="LiblibAI templateUuid")
-    templates: dict[str, str] = Field(
-        default_factory=dict, description="templateUuid by variant (custom models)"
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what only the provider reads (a LiblibAI template, say); the provider checks it at start",
     )
-    endpoints: dict[str, str] = Field(default_factory=dict, description="API path by variant (custom models)")
     defaults: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)
     price_per_image: float = 0.0

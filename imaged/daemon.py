@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -46,8 +46,8 @@ from .limits import ProviderLimits
 from .metrics import Metrics
 from .netguard import AddressPolicy, guarded_connector
 from .provenance import LaneSigner
-from .providers.base import Provider
-from .providers.registry import available_providers
+from .providers.base import Provider, ProviderSettings
+from .providers.registry import available_providers, load_provider_settings
 from .redact import Redactor
 from .replicas import Replicas, replica_id
 from .settings import Settings
@@ -73,9 +73,17 @@ class Daemon:
     """imaged as one object: ``await start()``, then ``await stop()``."""
 
     def __init__(
-        self, settings: Settings, *, catalog: Catalog | None = None, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        *,
+        provider_settings: Mapping[str, ProviderSettings] | None = None,
+        catalog: Catalog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        """``provider_settings`` replaces what a provider would read from the environment (the emulator's keys
+        and addresses, in tests and ``--simulate``)."""
         self.settings = settings
+        self.provider_settings = load_provider_settings(provider_settings)
         self.catalog = catalog or Catalog.load(settings.catalog_path)
         self.metrics = metrics or Metrics()
         self.topology = Topology.from_settings(settings)
@@ -93,6 +101,8 @@ class Daemon:
         self.shares = SharedShares(self.store.db["shares"], self.replicas)
         self.claims = MongoClaims(self.store.db["claims"], self.replicas)
         self.cancels = CancelBoard()
+        #: every secret of the core's and the providers' settings, kept out of what providers say
+        self.redactor = Redactor.from_models([settings, *self.provider_settings.values()])
         self._stopping = asyncio.Event()
         self._draining = asyncio.Event()  # set first on shutdown: no new submits
         self._background: list[asyncio.Task[None]] = []
@@ -165,18 +175,17 @@ class Daemon:
             self.claims,
             self.cancels,
             self._draining,
-            Redactor.from_settings(s),
+            self.redactor,
         )
         limits: list[ProviderLimits] = []
         for provider in self.providers.values():
-            # Built-in providers have rate settings; a plugin gets one submit per second and unlimited polls.
             limits.append(
                 ProviderLimits(
                     self.shares,
                     provider.name,
                     provider.credentials(),
-                    float(getattr(s, f"{provider.name}_submit_per_second", 1.0)),
-                    poll_per_second=getattr(s, f"{provider.name}_poll_per_second", None),
+                    provider.settings.submit_per_second,
+                    poll_per_second=provider.settings.poll_per_second,
                     cooldown_s=s.credential_cooldown_s,
                     metrics=self.metrics,
                 )
@@ -284,7 +293,10 @@ class Daemon:
             cls = classes.get(name)
             if cls is None:
                 raise ConfigError(f"the catalog names provider {name!r}, but no such provider is installed")
-            provider = cls(self.settings, session)
+            for spec in self.catalog.models.values():
+                if spec.provider == name:
+                    cls.check_model(spec)
+            provider = cls(self.provider_settings[name], session)
             if not provider.credentials():
                 log.warning("provider %s has no credentials configured: its models are unavailable", name)
                 continue
@@ -292,7 +304,7 @@ class Daemon:
         if not providers:
             raise ConfigError(
                 "no provider has credentials: set IMAGED_ALIYUN_API_KEY and/or IMAGED_LIBLIBAI_ACCESS_KEY + "
-                "IMAGED_LIBLIBAI_SECRET_KEY, or run with --simulate"
+                "IMAGED_LIBLIBAI_SECRET_KEY (or a plugin's), or run with --simulate"
             )
         return providers
 

@@ -317,8 +317,14 @@ class Redactor:
         the password of a URL (``amqp://user:password@host``), raw and percent-decoded; and both parts of
         an ``"ACCESS:SECRET"`` pair. Plain ``str`` fields are not secrets and are not taken.
         """
+        return cls.from_models([settings], extra)
+
+    @classmethod
+    def from_models(cls, models: Iterable[BaseModel], extra: Iterable[str | SecretStr] = ()) -> Redactor:
+        """:meth:`from_settings` over several settings objects (the core's and each provider's)."""
         secrets: list[str] = []
-        _collect(settings, secrets, depth=0)
+        for model in models:
+            _collect(model, secrets, depth=0)
         for item in extra:
             raw = item.get_secret_value() if isinstance(item, SecretStr) else item
             if isinstance(raw, str):

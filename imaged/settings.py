@@ -9,11 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_ALIYUN_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
-DEFAULT_LIBLIBAI_BASE_URL = "https://openapi.liblibai.cloud"
+
+def describe_settings_error(exc: ValidationError, env_prefix: str = "IMAGED_") -> str:
+    """Which settings are wrong and why, named as environment variables, without their values (secrets)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = [str(p) for p in err["loc"]] or ["settings"]
+        head = loc[0] if loc[0].isupper() else f"{env_prefix}{loc[0].upper()}"  # an alias is its own name
+        parts.append(f"{'.'.join([head, *loc[1:]])}: {err['msg']}")
+    return "; ".join(parts)
 
 
 def _alias(*names: str) -> AliasChoices:
@@ -102,32 +109,7 @@ class Settings(BaseSettings):
         description="queues a request's reply_to may name (prefixes); the default: exclusive reply queues only",
     )
 
-    # Providers
-    aliyun_api_key: SecretStr | None = Field(
-        None, validation_alias=_alias("IMAGED_ALIYUN_API_KEY", "ALIYUN_API_KEY")
-    )
-    aliyun_base_url: str = DEFAULT_ALIYUN_BASE_URL
-    aliyun_max_in_flight: int = Field(2, ge=1)
-    aliyun_submit_per_second: float = Field(2.0, gt=0)
-    aliyun_poll_per_second: float | None = Field(
-        20.0, gt=0, description="task queries per second per account"
-    )
-    aliyun_extra_api_keys: list[SecretStr] = Field(
-        default_factory=list, description="more DashScope keys (JSON list), each with its own limits"
-    )
-    liblibai_access_key: SecretStr | None = Field(
-        None, validation_alias=_alias("IMAGED_LIBLIBAI_ACCESS_KEY", "LIBLIBAI_ACCESS_KEY")
-    )
-    liblibai_secret_key: SecretStr | None = Field(
-        None, validation_alias=_alias("IMAGED_LIBLIBAI_SECRET_KEY", "LIBLIBAI_SECRET_KEY")
-    )
-    liblibai_base_url: str = DEFAULT_LIBLIBAI_BASE_URL
-    liblibai_max_in_flight: int = Field(5, ge=1)
-    liblibai_submit_per_second: float = Field(1.0, gt=0)
-    liblibai_poll_per_second: float | None = Field(None, gt=0, description="status queries are not limited")
-    liblibai_extra_keys: list[SecretStr] = Field(
-        default_factory=list, description='more LiblibAI key pairs (JSON list of "ACCESS:SECRET")'
-    )
+    # Providers (each provider's own settings live with it: see imaged/providers)
     credential_cooldown_s: float = Field(
         600.0, gt=0, description="how long a credential that answered auth/quota errors stays out of rotation"
     )
@@ -168,8 +150,3 @@ class Settings(BaseSettings):
     auth_failures_burst: int = Field(
         100, ge=1, description="failed authentications a client address may make at once"
     )
-
-    def has_provider_keys(self) -> bool:
-        return self.aliyun_api_key is not None or (
-            self.liblibai_access_key is not None and self.liblibai_secret_key is not None
-        )

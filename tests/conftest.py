@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import socket
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
+import aio_pika
 import pytest
 from pydantic import SecretStr
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from imaged.daemon import Daemon
 from imaged.metrics import Metrics
+from imaged.providers.aliyun import AliyunProvider
+from imaged.providers.base import ProviderSettings
+from imaged.providers.liblibai import LiblibProvider
 from imaged.settings import Settings
 from imaged.simulator import Simulator, SimulatorConfig
 
@@ -27,25 +32,30 @@ def long_run(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--long"))
 
 
-def _reachable(url: str, default_port: int) -> bool:
-    parts = urlsplit(url)
+async def _handshakes() -> list[str]:
+    """What is not ready: a real AMQP handshake and a real MongoDB ping, not just an open port."""
+    missing: list[str] = []
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
-            return True
-    except OSError:
-        return False
+        connection = await aio_pika.connect(AMQP_URL, timeout=5)
+        await connection.close()
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+        missing.append(f"RabbitMQ ({type(exc).__name__})")
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(MONGODB_URL, serverSelectionTimeoutMS=5000)
+    try:
+        await client.admin.command("ping")
+    except PyMongoError as exc:
+        missing.append(f"MongoDB ({type(exc).__name__})")
+    finally:
+        await client.close()
+    return missing
 
 
 @pytest.fixture(scope="session")
 def services() -> None:
     """The real services must be up: `make services` starts them (and `make test` does so first)."""
-    missing = [
-        name
-        for name, url, port in (("RabbitMQ", AMQP_URL, 5672), ("MongoDB", MONGODB_URL, 27017))
-        if not _reachable(url, port)
-    ]
+    missing = asyncio.run(_handshakes())
     if missing:
-        pytest.fail(f"{' and '.join(missing)} not reachable: run `make services` first", pytrace=False)
+        pytest.fail(f"{' and '.join(missing)} not ready: run `make services` first", pytrace=False)
 
 
 @pytest.fixture
@@ -62,8 +72,9 @@ async def simulator() -> AsyncIterator[Simulator]:
 
 
 def make_settings(namespace: str, image_dir: Path, sim: Simulator, **overrides: object) -> Settings:
-    """Settings for a daemon in a test's namespace, pointed at the emulator (with its default credentials)."""
-    config = SimulatorConfig()
+    """Settings for a daemon in a test's namespace (the providers' own settings: :func:`sim_providers`)."""
+    misplaced = [key for key in overrides if key.startswith(PROVIDER_PREFIXES)]
+    assert not misplaced, f"provider settings go to make_daemon/sim_providers, not make_settings: {misplaced}"
     values: dict[str, object] = {
         "amqp_url": SecretStr(AMQP_URL),
         "amqp_prefix": namespace,
@@ -71,11 +82,6 @@ def make_settings(namespace: str, image_dir: Path, sim: Simulator, **overrides: 
         "mongodb_db": namespace,
         "image_dir": image_dir,
         "http_port": 0,
-        "aliyun_api_key": SecretStr(config.dashscope_api_key),
-        "aliyun_base_url": sim.dashscope_base_url,
-        "liblibai_access_key": SecretStr(config.liblib_access_key),
-        "liblibai_secret_key": SecretStr(config.liblib_secret_key),
-        "liblibai_base_url": sim.liblib_base_url,
         "poll_first_delay_s": 0.1,
         "download_allowed_networks": ["127.0.0.0/8", "::1/128"],  # the emulator serves images on loopback
         "poll_max_interval_s": 0.5,
@@ -83,6 +89,36 @@ def make_settings(namespace: str, image_dir: Path, sim: Simulator, **overrides: 
     }
     values.update(overrides)
     return Settings.model_validate(values)
+
+
+PROVIDER_PREFIXES = ("aliyun_", "liblibai_")
+
+
+def sim_providers(sim: Simulator, **overrides: object) -> dict[str, ProviderSettings]:
+    """The built-in providers' settings pointed at the emulator, with its default keys. ``overrides`` name a
+    provider's field with its name first: ``aliyun_max_in_flight=1``, ``liblibai_extra_keys=[...]``."""
+    config = SimulatorConfig()
+    values: dict[str, dict[str, object]] = {
+        "aliyun": {"api_key": SecretStr(config.dashscope_api_key), "base_url": sim.dashscope_base_url},
+        "liblibai": {
+            "access_key": SecretStr(config.liblib_access_key),
+            "secret_key": SecretStr(config.liblib_secret_key),
+            "base_url": sim.liblib_base_url,
+        },
+    }
+    for key, value in overrides.items():
+        provider, _, field = key.partition("_")
+        assert provider in values, f"no provider {provider!r} for {key!r}"
+        values[provider][field] = value
+    return {
+        "aliyun": AliyunProvider.load_settings(**values["aliyun"]),
+        "liblibai": LiblibProvider.load_settings(**values["liblibai"]),
+    }
+
+
+def make_daemon(settings: Settings, sim: Simulator, **provider_overrides: object) -> Daemon:
+    """A daemon of ``settings`` whose built-in providers talk to the emulator (see :func:`sim_providers`)."""
+    return Daemon(settings, provider_settings=sim_providers(sim, **provider_overrides), metrics=Metrics())
 
 
 @pytest.fixture
@@ -100,8 +136,8 @@ async def bus(namespace: str) -> AsyncIterator[Bus]:
 
 
 @pytest.fixture
-async def daemon(settings: Settings, bus: Bus) -> AsyncIterator[Daemon]:
-    d = Daemon(settings, metrics=Metrics())
+async def daemon(settings: Settings, simulator: Simulator, bus: Bus) -> AsyncIterator[Daemon]:
+    d = make_daemon(settings, simulator)
     await d.start()
     yield d
     await d.stop()

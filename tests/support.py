@@ -15,6 +15,9 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 from pymongo import AsyncMongoClient
 
+from imaged.broker import Topology
+from imaged.providers import available_providers
+
 AMQP_URL = os.environ.get("IMAGED_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MONGODB_URL = os.environ.get("IMAGED_TEST_MONGODB_URL", "mongodb://127.0.0.1:27017")
 SEED_DIR = Path(__file__).parent / "fixtures" / "seed"
@@ -97,35 +100,32 @@ class Bus:
             await self.connection.close()
 
 
-async def drop_namespace(prefix: str, providers: Iterable[str] = ("aliyun", "liblibai", "echo")) -> None:
-    """Delete a test's queues, exchanges and database."""
+async def delete_broker_objects(queues: Iterable[str], exchanges: Iterable[str] = ()) -> None:
+    """Delete queues and exchanges; those already gone are fine."""
     connection = await aio_pika.connect(AMQP_URL, timeout=10)
     try:
-        for queue in [
-            f"{prefix}.requests",
-            f"{prefix}.dead",
-            f"{prefix}.test-capture",
-            *(f"{prefix}.work.{p}" for p in providers),
-        ]:
-            channel = await connection.channel()
-            try:
-                await channel.queue_delete(queue)
-            except aio_pika.exceptions.AMQPError:
-                pass
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            channel = await connection.channel()
-            try:
-                await channel.exchange_delete(exchange)
-            except aio_pika.exceptions.AMQPError:
-                pass
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
+        for kind, names in (("queue", queues), ("exchange", exchanges)):
+            for name in names:
+                channel = await connection.channel()
+                try:
+                    if kind == "queue":
+                        await channel.queue_delete(name)
+                    else:
+                        await channel.exchange_delete(name)
+                except aio_pika.exceptions.AMQPError:
+                    pass
+                finally:
+                    if not channel.is_closed:
+                        await channel.close()
     finally:
         await connection.close()
+
+
+async def drop_namespace(prefix: str, providers: Iterable[str] | None = None) -> None:
+    """Delete a test's queues, exchanges and database (names from :class:`Topology`; every installed provider)."""
+    topology = Topology(prefix)
+    lanes = list(available_providers()) if providers is None else list(providers)
+    await delete_broker_objects([*topology.queues(lanes), f"{prefix}.test-capture"], topology.exchanges)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(MONGODB_URL, serverSelectionTimeoutMS=5000)
     try:
         await client.drop_database(prefix)

@@ -17,12 +17,13 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 import aiohttp
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..catalog import ModelSpec
 from ..contract import ErrorInfo
-from ..errors import ProviderError
-from ..settings import Settings
+from ..errors import ConfigError, ProviderError
+from ..settings import describe_settings_error
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,50 @@ class PollResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def provider_config(env_prefix: str) -> SettingsConfigDict:
+    """The settings configuration of a provider: its environment prefix and the .env file of imaged."""
+    return SettingsConfigDict(
+        env_prefix=env_prefix,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+
+class ProviderSettings(BaseSettings):
+    """The settings every provider has; a provider subclasses it with its own prefix and credentials.
+
+    Read from environment variables with the provider's prefix (``IMAGED_<NAME>_``), the ``.env`` file, and
+    defaults; checked when the daemon starts and listed (without secrets) by ``imaged check``. Credentials are
+    ``SecretStr`` fields: they never appear in logs, errors or output.
+    """
+
+    model_config = provider_config("IMAGED_PROVIDER_")
+
+    base_url: str = Field("", description="the API's base URL")
+    max_in_flight: int = Field(1, ge=1, description="tasks in flight per credential, across all replicas")
+    submit_per_second: float = Field(1.0, gt=0, description="submits per second per credential")
+    poll_per_second: float | None = Field(
+        None, gt=0, description="status queries per second per credential (none: unlimited)"
+    )
+
+    def public(self) -> dict[str, Any]:
+        """The settings without secrets (for ``imaged check`` and logs): secrets show whether they are set."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) or (
+                isinstance(value, list) and value and isinstance(value[0], SecretStr)
+            ):
+                shown[name] = f"{len(value)} set" if isinstance(value, list) else "set"
+            elif value is None or value == []:
+                continue
+            else:
+                shown[name] = value
+        return shown
+
+
 class Provider(abc.ABC):
     """An image-generation API. Subclasses are registered by ``name`` (built in, or entry point
     ``imaged.providers``).
@@ -87,18 +132,38 @@ class Provider(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: the provider's settings (its own environment prefix); see :class:`ProviderSettings`
+    settings_model: ClassVar[type[ProviderSettings]] = ProviderSettings
     #: seconds before the first poll; tasks rarely finish sooner
     first_poll_delay_s: ClassVar[float] = 2.0
     #: cap of the growing poll interval
     max_poll_interval_s: ClassVar[float] = 10.0
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession) -> None:
         self.settings = settings
         self.session = session
+
+    @classmethod
+    def load_settings(cls, **values: Any) -> ProviderSettings:
+        """The provider's settings from the environment (``values`` win); ConfigError naming what is wrong."""
+        try:
+            return cls.settings_model(**values)
+        except ValidationError as exc:
+            prefix = str(cls.settings_model.model_config.get("env_prefix", ""))
+            raise ConfigError(f"provider {cls.name}: {describe_settings_error(exc, prefix)}") from None
 
     @abc.abstractmethod
     def credentials(self) -> list[Credential]:
         """The configured credentials; empty when the provider is not configured."""
+
+    @classmethod
+    def check_model(cls, spec: ModelSpec) -> None:
+        """Check a catalog entry of this provider (its ``options`` above all) when the daemon starts; raise
+        ConfigError naming the model and what is wrong. The default accepts an entry without options."""
+        if spec.options:
+            raise ConfigError(
+                f"model {spec.name!r}: provider {cls.name} takes no options (got {sorted(spec.options)})"
+            )
 
     @abc.abstractmethod
     def validate(self, spec: ModelSpec, parameters: dict[str, Any]) -> dict[str, Any]:

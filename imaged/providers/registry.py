@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 
 from ..errors import ConfigError
-from .base import Provider
+from .base import Provider, ProviderSettings, provider_config
 
 ENTRY_POINT_GROUP = "imaged.providers"
 
@@ -18,6 +19,37 @@ def builtin_providers() -> dict[str, type[Provider]]:
     from .liblibai import LiblibProvider
 
     return {AliyunProvider.name: AliyunProvider, LiblibProvider.name: LiblibProvider}
+
+
+def settings_model_of(cls: type[Provider]) -> type[ProviderSettings]:
+    """The provider's settings model; a plugin that declares none gets the common one with its own prefix."""
+    if cls.settings_model is not ProviderSettings:
+        return cls.settings_model
+    return type(
+        f"{cls.__name__}Settings",
+        (ProviderSettings,),
+        {"model_config": provider_config(f"IMAGED_{cls.name.upper()}_"), "__module__": cls.__module__},
+    )
+
+
+async def providers_with_credentials(settings: Mapping[str, ProviderSettings]) -> set[str]:
+    """The providers whose settings name at least one credential."""
+    import aiohttp  # a provider is built with a session; none is used here
+
+    classes = available_providers()
+    async with aiohttp.ClientSession() as session:
+        return {name for name, values in settings.items() if classes[name](values, session).credentials()}
+
+
+def load_provider_settings(
+    overrides: Mapping[str, ProviderSettings] | None = None,
+) -> dict[str, ProviderSettings]:
+    """Every installed provider's settings: from ``overrides`` where given, else read from the environment.
+    Raises ConfigError naming the provider and the variable that is wrong."""
+    return {
+        name: overrides[name] if overrides is not None and name in overrides else cls.load_settings()
+        for name, cls in available_providers().items()
+    }
 
 
 def available_providers() -> dict[str, type[Provider]]:
@@ -33,5 +65,6 @@ def available_providers() -> dict[str, type[Provider]]:
             continue
         if not (isinstance(cls, type) and issubclass(cls, Provider)):
             raise ConfigError(f"entry point {ep.name!r} in {ENTRY_POINT_GROUP} is not a Provider subclass")
+        cls.settings_model = settings_model_of(cls)
         providers[ep.name] = cls
     return providers

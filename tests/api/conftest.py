@@ -21,11 +21,10 @@ from pydantic import SecretStr
 
 from imaged.auth import ApiKeys, key_digest
 from imaged.daemon import Daemon
-from imaged.metrics import Metrics
 from imaged.settings import Settings
 from imaged.simulator import Simulator
 
-from ..conftest import make_settings
+from ..conftest import make_daemon, make_settings
 from ..support import Bus
 
 ISSUER = "https://issuer.example.test"
@@ -109,8 +108,8 @@ def api_settings(
 
 
 @pytest.fixture
-async def api_daemon(api_settings: Settings, bus: Bus) -> AsyncIterator[Daemon]:
-    d = Daemon(api_settings, metrics=Metrics())
+async def api_daemon(api_settings: Settings, simulator: Simulator, bus: Bus) -> AsyncIterator[Daemon]:
+    d = make_daemon(api_settings, simulator)
     await d.start()
     yield d
     await d.stop()

@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from imaged.daemon import Daemon
-from imaged.metrics import Metrics
 from imaged.simulator import Simulator
 
+from ..conftest import make_daemon
 from ..support import Bus
 from .conftest import ALICE_KEY, auth_settings
 
@@ -29,7 +29,7 @@ async def strict_daemon(
     settings = auth_settings(
         namespace, tmp_path / "images", simulator, rsa_private, auth_failures_per_s=0.5, auth_failures_burst=3
     )
-    daemon = Daemon(settings, metrics=Metrics())
+    daemon = make_daemon(settings, simulator)
     await daemon.start()
     yield daemon
     await daemon.stop()

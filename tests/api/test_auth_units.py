@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from imaged.admin import redact
 from imaged.auth import (
     Authenticator,
     AuthError,
@@ -21,6 +20,7 @@ from imaged.auth import (
     key_digest,
     new_api_key,
 )
+from imaged.cli.output import redact
 from imaged.diagnose import mask_url
 from imaged.errors import ConfigError
 from imaged.settings import Settings

@@ -10,12 +10,10 @@ import aiohttp
 import pytest
 
 from imaged.auth import ApiKeys
-from imaged.daemon import Daemon
 from imaged.errors import ConfigError
-from imaged.metrics import Metrics
 from imaged.simulator import Simulator
 
-from ..conftest import make_settings
+from ..conftest import make_daemon, make_settings
 from ..support import Bus, seed_body
 from .support import assert_error_envelope, call
 
@@ -26,7 +24,7 @@ async def test_open_mode_refuses_a_non_loopback_host(
     namespace: str, tmp_path: Path, simulator: Simulator, bus: Bus
 ) -> None:
     settings = make_settings(namespace, tmp_path / "images", simulator, http_host="0.0.0.0")
-    daemon = Daemon(settings, metrics=Metrics())
+    daemon = make_daemon(settings, simulator)
     try:
         with pytest.raises(ConfigError, match=r"IMAGED_HTTP_HOST=0\.0\.0\.0 is not a loopback address"):
             await daemon.start()
@@ -43,7 +41,7 @@ async def test_open_mode_serves_everyone_until_a_key_appears(
 ) -> None:
     caplog.set_level(logging.INFO)
     settings = make_settings(namespace, tmp_path / "images", simulator, api_key_cache_s=0.0)
-    daemon = Daemon(settings, metrics=Metrics())
+    daemon = make_daemon(settings, simulator)
     await daemon.start()
     try:
         assert "OPEN MODE" in caplog.text
@@ -71,7 +69,7 @@ async def test_bad_auth_configuration_stops_the_start(
     namespace: str, tmp_path: Path, simulator: Simulator, bus: Bus
 ) -> None:
     settings = make_settings(namespace, tmp_path / "images", simulator, api_keys={"alice": "not-a-digest"})
-    daemon = Daemon(settings, metrics=Metrics())
+    daemon = make_daemon(settings, simulator)
     try:
         with pytest.raises(ConfigError, match="not a SHA-256 hex digest"):
             await daemon.start()

@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from imaged.daemon import Daemon
-from imaged.metrics import Metrics
 from imaged.simulator import Simulator
 
+from ..conftest import make_daemon
 from ..support import Bus
 from .conftest import Credentials, auth_settings
 from .support import assert_error_envelope, call, seed_json, wait_status
@@ -181,7 +181,7 @@ async def test_create_rate_limit_per_tenant(
     settings = auth_settings(
         namespace, tmp_path / "images", simulator, rsa_private, create_rate_per_s=0.2, create_burst=3
     )
-    daemon = Daemon(settings, metrics=Metrics())
+    daemon = make_daemon(settings, simulator)
     await daemon.start()
     try:
         creds = Credentials(rsa_private)

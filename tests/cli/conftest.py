@@ -11,8 +11,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from pydantic import SecretStr
 
+from imaged.providers.base import ProviderSettings
 from imaged.settings import Settings
+from imaged.simulator import Simulator
+
+from ..conftest import sim_providers
 
 PROVIDER_ENV = (
     "ALIYUN_API_KEY",
@@ -34,22 +39,23 @@ class Run:
         return json.loads(self.out)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a CLI process use these settings (the ones the tests vary)."""
+def settings_env(settings: Settings, providers: dict[str, ProviderSettings]) -> dict[str, str]:
+    """The environment that makes a CLI process use these settings and providers (the ones the tests vary)."""
     env = {
         "IMAGED_AMQP_URL": settings.amqp_url.get_secret_value(),
         "IMAGED_AMQP_PREFIX": settings.amqp_prefix,
         "IMAGED_MONGODB_URL": settings.mongodb_url.get_secret_value(),
         "IMAGED_MONGODB_DB": settings.mongodb_db,
         "IMAGED_IMAGE_DIR": str(settings.image_dir),
-        "IMAGED_ALIYUN_BASE_URL": settings.aliyun_base_url,
-        "IMAGED_LIBLIBAI_BASE_URL": settings.liblibai_base_url,
         "IMAGED_LOG_FORMAT": "json",
     }
-    for name in ("aliyun_api_key", "liblibai_access_key", "liblibai_secret_key"):
-        value = getattr(settings, name)
-        if value is not None:
-            env[f"IMAGED_{name.upper()}"] = value.get_secret_value()
+    for provider, values in providers.items():
+        prefix = f"IMAGED_{provider.upper()}_"
+        env[f"{prefix}BASE_URL"] = values.base_url
+        for name in ("api_key", "access_key", "secret_key"):
+            value = getattr(values, name, None)
+            if isinstance(value, SecretStr):
+                env[f"{prefix}{name.upper()}"] = value.get_secret_value()
     return env
 
 
@@ -60,10 +66,10 @@ class Cli(Protocol):
 
 
 @pytest.fixture
-def cli(settings: Settings, tmp_path: Path) -> Cli:
+def cli(settings: Settings, simulator: Simulator, tmp_path: Path) -> Cli:
     """Run `imaged ARGS` with the test's settings; ``env`` overrides (None removes a variable)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("IMAGED_") and k not in PROVIDER_ENV}
-    base.update(settings_env(settings))
+    base.update(settings_env(settings, sim_providers(simulator)))
     workdir = tmp_path / "cwd"  # no stray .env file is read
     workdir.mkdir(exist_ok=True)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imaged.admin import (
+from imaged.cli.exits import (
     EXIT_CHECK_AUTH,
     EXIT_CHECK_BROKER,
     EXIT_CHECK_DATABASE,
@@ -15,6 +15,7 @@ from imaged.admin import (
     EXIT_CHECK_PROVIDER_KEYS,
     EXIT_CONFIG,
 )
+from imaged.simulator import SimulatorConfig
 
 from .conftest import Cli
 
@@ -41,8 +42,14 @@ async def test_a_good_configuration_passes(cli: Cli) -> None:
         "amqp user",
         "database",
         "image dir",
+        "providers",
         "provider keys",
     ]
+    providers = next(c for c in report["checks"] if c["name"] == "providers")
+    shown = dict(part.split(": ", 1) for part in providers["message"].split("; "))
+    assert "api_key=set" in shown["aliyun"] and "max_in_flight=2" in shown["aliyun"]
+    assert "access_key=set, secret_key=set" in shown["liblibai"]
+    assert SimulatorConfig().dashscope_api_key not in run.out
     amqp_user = next(c for c in report["checks"] if c["name"] == "amqp user")
     assert amqp_user["ok"] is True and amqp_user["warning"] is True  # the tests log in as 'guest'
     assert lines["amqp"].startswith("WARN") and "user of its own" in lines["amqp"]
@@ -90,6 +97,13 @@ CASES = [
         EXIT_CHECK_PROVIDER_KEYS,
         "provider",
         "aliyun: no credentials (set IMAGED_ALIYUN_API_KEY)",
+    ),
+    (
+        "provider-setting",
+        {"IMAGED_LIBLIBAI_MAX_IN_FLIGHT": "none"},
+        EXIT_CONFIG,
+        "providers",
+        "provider liblibai: IMAGED_LIBLIBAI_MAX_IN_FLIGHT",
     ),
     (
         "open-on-all-interfaces",

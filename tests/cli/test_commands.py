@@ -8,8 +8,8 @@ import secrets
 
 import pytest
 
-from imaged.admin import EXIT_CONFLICT, EXIT_NOT_FINISHED, EXIT_NOT_FOUND
 from imaged.auth import ApiKeys, Authenticator, AuthError
+from imaged.cli.exits import EXIT_CONFLICT, EXIT_NOT_FINISHED, EXIT_NOT_FOUND
 from imaged.daemon import Daemon
 from imaged.simulator import Simulator
 

@@ -1,5 +1,5 @@
 """Fixtures of the contract tests: a real emulator on a free loopback port, one HTTP session, and a factory of
-imaged's provider clients configured (``Settings``) to talk to it."""
+imaged's provider clients configured (their own settings) to talk to it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from imaged.providers import liblibai
 from imaged.providers.aliyun import AliyunProvider
 from imaged.providers.base import Provider
 from imaged.providers.liblibai import LiblibProvider
-from imaged.settings import Settings
 from imaged.simulator import Simulator, SimulatorConfig
 
 from .harness import ACCESS_KEY, API_KEY, SECRET_KEY, TASK_SECONDS, Client, Emulator, Secrets
@@ -61,24 +60,23 @@ def leaks(monkeypatch: pytest.MonkeyPatch) -> Secrets:
         guard.record(query)
         return query
 
-    monkeypatch.setattr(liblibai, "signed_query", signed_query)
+    monkeypatch.setattr(liblibai.client, "signed_query", signed_query)
     return guard
 
 
 @pytest.fixture
 def make_client(emu: Emulator, leaks: Secrets) -> ClientFactory:
-    """``make_client("aliyun" | "liblibai", **settings_overrides)``: a real client pointed at the emulator."""
+    """``make_client("aliyun" | "liblibai", **overrides)``: a real client pointed at the emulator; ``overrides``
+    are the provider's own settings (``api_key=...``, ``secret_key=...``)."""
+
+    defaults: dict[str, dict[str, Any]] = {
+        "aliyun": {"api_key": API_KEY, "base_url": emu.sim.dashscope_base_url},
+        "liblibai": {"access_key": ACCESS_KEY, "secret_key": SECRET_KEY, "base_url": emu.sim.liblib_base_url},
+    }
 
     def make(provider: str, **overrides: Any) -> Client:
-        values: dict[str, Any] = {
-            "aliyun_api_key": API_KEY,
-            "aliyun_base_url": emu.sim.dashscope_base_url,
-            "liblibai_access_key": ACCESS_KEY,
-            "liblibai_secret_key": SECRET_KEY,
-            "liblibai_base_url": emu.sim.liblib_base_url,
-            **overrides,
-        }
-        instance = _CLASSES[provider](Settings.model_validate(values), emu.session)
+        cls = _CLASSES[provider]
+        instance = cls(cls.load_settings(**{**defaults[provider], **overrides}), emu.session)
         credentials = instance.credentials()
         assert len(credentials) == 1
         return Client(instance, credentials[0], emu, leaks)

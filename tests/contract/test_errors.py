@@ -68,32 +68,32 @@ ERROR_CASES: list[ErrorCase] = [
     # auth ---------------------------------------------------------------------------------------------------------
     ErrorCase(
         "aliyun-wrong-key-submit", "aliyun", "submit", C.AUTH, False, code="InvalidApiKey",
-        settings={"aliyun_api_key": WRONG_API_KEY}, status=401, stats={"auth_failures": 1, "submits": 0},
+        settings={"api_key": WRONG_API_KEY}, status=401, stats={"auth_failures": 1, "submits": 0},
     ),
     ErrorCase(
         "aliyun-wrong-key-poll", "aliyun", "poll", C.AUTH, False, code="InvalidApiKey",
-        settings={"aliyun_api_key": WRONG_API_KEY}, status=401,
+        settings={"api_key": WRONG_API_KEY}, status=401,
     ),
     ErrorCase(
         "aliyun-wrong-key-cancel", "aliyun", "cancel", C.AUTH, False, code="InvalidApiKey",
-        settings={"aliyun_api_key": WRONG_API_KEY}, status=401,
+        settings={"api_key": WRONG_API_KEY}, status=401,
     ),
     ErrorCase(
         "liblibai-wrong-secret-submit", "liblibai", "submit", C.AUTH, False, code="401",
-        settings={"liblibai_secret_key": WRONG_SECRET_KEY}, status=401,
+        settings={"secret_key": WRONG_SECRET_KEY}, status=401,
         stats={"signature_failures": 1, "submits": 0},
     ),
     ErrorCase(
         "liblibai-wrong-secret-poll", "liblibai", "poll", C.AUTH, False, code="401",
-        settings={"liblibai_secret_key": WRONG_SECRET_KEY}, status=401,
+        settings={"secret_key": WRONG_SECRET_KEY}, status=401,
     ),
     ErrorCase(
         "liblibai-unknown-access-key", "liblibai", "submit", C.AUTH, False, code="401",
-        settings={"liblibai_access_key": "no-such-access-key"}, status=401,
+        settings={"access_key": "no-such-access-key"}, status=401,
     ),
     ErrorCase(
         "liblibai-wrong-secret-in-envelope", "liblibai", "submit", C.AUTH, False, code="401",
-        settings={"liblibai_secret_key": WRONG_SECRET_KEY}, config={"liblib_error_style": "envelope"}, status=200,
+        settings={"secret_key": WRONG_SECRET_KEY}, config={"liblib_error_style": "envelope"}, status=200,
     ),
     # quota --------------------------------------------------------------------------------------------------------
     ErrorCase(
@@ -158,7 +158,7 @@ ERROR_CASES: list[ErrorCase] = [
     ),
     ErrorCase(
         "liblibai-unknown-template", "liblibai", "submit", C.INVALID_REQUEST, False, code="100120",
-        spec={"template": "0" * 32}, stats={"rejected": 1, "submits": 0},
+        spec={"options": {"template": "0" * 32}}, stats={"rejected": 1, "submits": 0},
     ),
     ErrorCase(
         "liblibai-bad-passthrough-seed", "liblibai", "submit", C.INVALID_REQUEST, False, code="100000",

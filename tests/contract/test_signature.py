@@ -59,7 +59,7 @@ async def signature_failures(emu: Emulator) -> int:
 @pytest.mark.parametrize("style", ["http", "envelope"])
 async def test_wrong_secret_key_is_rejected(style: str, emu: Emulator, make_client: ClientFactory) -> None:
     await emu.configure(liblib_error_style=style)
-    wrong = make_client("liblibai", liblibai_secret_key=WRONG_SECRET_KEY)
+    wrong = make_client("liblibai", secret_key=WRONG_SECRET_KEY)
     exc = await wrong.fails(wrong.submit, C.AUTH, retryable=False, code="401")
     assert exc.provider_status == (401 if style == "http" else 200)
     assert await signature_failures(emu) == 1

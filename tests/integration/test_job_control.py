@@ -14,11 +14,10 @@ from pydantic import SecretStr
 
 from imaged.broker import Broker, Topology
 from imaged.daemon import Daemon
-from imaged.metrics import Metrics
 from imaged.settings import Settings
 from imaged.simulator import Simulator
 
-from ..conftest import make_settings
+from ..conftest import make_daemon, make_settings
 from ..support import AMQP_URL, Bus, seed_body
 
 pytestmark = pytest.mark.timeout(60)
@@ -104,7 +103,7 @@ async def test_request_expired_in_queue_is_never_submitted(
     task_id = secrets.token_hex(12)
     await bus.publish(seed_body("star-3-alpha-t2i"), message_id=task_id, expiration=0.3)
     await asyncio.sleep(1.0)
-    daemon = Daemon(settings, metrics=Metrics())
+    daemon = make_daemon(settings, simulator)
     await daemon.start()
     try:
         # The broker dead-lettered it; the daemon turns that into a failed task with its event.
@@ -126,14 +125,13 @@ async def rotating_daemon(
 
     sim = Simulator(SimulatorConfig(task_seconds=0.2, liblib_extra_keys={"sim-access-2": "sim-secret-2"}))
     await sim.start()
-    settings = make_settings(
-        namespace,
-        tmp_path / "images",
+    settings = make_settings(namespace, tmp_path / "images", sim)
+    daemon = make_daemon(
+        settings,
         sim,
         liblibai_secret_key=SecretStr("wrong-secret"),  # the first key pair is broken
         liblibai_extra_keys=[SecretStr("sim-access-2:sim-secret-2")],
     )
-    daemon = Daemon(settings, metrics=Metrics())
     await daemon.start()
     yield daemon, sim
     await daemon.stop()
@@ -178,8 +176,8 @@ async def test_reply_to_into_imaged_queues_is_refused(daemon: Daemon, bus: Bus, 
 async def one_slot_daemon(
     namespace: str, tmp_path: Path, simulator: Simulator, bus: Bus
 ) -> AsyncIterator[Daemon]:
-    settings = make_settings(namespace, tmp_path / "images", simulator, aliyun_max_in_flight=1)
-    daemon = Daemon(settings, metrics=Metrics())
+    settings = make_settings(namespace, tmp_path / "images", simulator)
+    daemon = make_daemon(settings, simulator, aliyun_max_in_flight=1)
     await daemon.start()
     yield daemon
     await daemon.stop()
@@ -231,7 +229,7 @@ async def test_submit_unknown_policy(
     async with aiohttp.ClientSession() as http, http.post(f"{simulator.url}/_sim/faults", json=fault) as resp:
         assert resp.status == 200, await resp.text()
     settings = make_settings(namespace, tmp_path / "images", simulator, submit_unknown_policy=policy)
-    daemon = Daemon(settings, metrics=Metrics())
+    daemon = make_daemon(settings, simulator)
     await daemon.start()
     try:
         task_id = secrets.token_hex(12)

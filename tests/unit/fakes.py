@@ -30,7 +30,14 @@ from imaged.images import ImageDownloader, SavedImage
 from imaged.job import Job, JobDeps
 from imaged.limits import ProviderLimits
 from imaged.metrics import Metrics
-from imaged.providers.base import Credential, PollResult, Provider, ProviderImage, ProviderState
+from imaged.providers.base import (
+    Credential,
+    PollResult,
+    Provider,
+    ProviderImage,
+    ProviderSettings,
+    ProviderState,
+)
 from imaged.settings import Settings
 from imaged.shares import Shares
 from imaged.store import TaskStore
@@ -313,13 +320,13 @@ class FakeProvider(Provider):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ProviderSettings | None = None,
         credentials: list[Credential] | None = None,
         journal: list[str] | None = None,
     ) -> None:
         # No super().__init__: it wants an aiohttp session, and the fake makes no HTTP calls.
         # (images_requested: the base class reads "n"; without one the fake asks for default_images.)
-        self.settings = settings
+        self.settings = settings or ProviderSettings()
         self.creds = credentials if credentials is not None else [make_credential()]
         self.journal = journal if journal is not None else []
         self.submit_script: deque[str | BaseException] = deque()
@@ -516,7 +523,7 @@ def build(
     sink = MemoryEvents(journal)
     claims = MemoryClaims(journal=journal)
     cancels = CancelBoard()
-    provider = FakeProvider(config, credentials, journal)
+    provider = FakeProvider(None, credentials, journal)
     downloader = FakeDownloader(journal)
     metrics = Metrics()
     limits = ProviderLimits(

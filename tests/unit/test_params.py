@@ -12,10 +12,9 @@ from pydantic import SecretStr
 from imaged.catalog import Catalog, ModelSpec
 from imaged.contract import ErrorCategory, Request
 from imaged.errors import InvalidRequest
-from imaged.providers.aliyun import AliyunProvider, request_body
+from imaged.providers.aliyun import AliyunProvider, AliyunSettings, request_body
 from imaged.providers.base import Provider
-from imaged.providers.liblibai import OFFICIAL_F1_CHECKPOINT, LiblibProvider, route
-from imaged.settings import Settings
+from imaged.providers.liblibai import OFFICIAL_F1_CHECKPOINT, LiblibProvider, LiblibSettings, route
 
 from ..support import seed_body
 
@@ -80,9 +79,11 @@ def catalog() -> Catalog:
 
 @pytest.fixture(scope="module")
 def providers() -> dict[str, Provider]:
-    settings = Settings.model_validate({})
     session = cast(aiohttp.ClientSession, None)  # validation never touches the network
-    return {"aliyun": AliyunProvider(settings, session), "liblibai": LiblibProvider(settings, session)}
+    return {
+        "aliyun": AliyunProvider(AliyunSettings(), session),
+        "liblibai": LiblibProvider(LiblibSettings(), session),
+    }
 
 
 def check(
@@ -444,28 +445,27 @@ def test_prompt_at_the_limit_is_accepted(catalog: Catalog, providers: dict[str, 
 
 def test_credentials_from_settings() -> None:
     session = cast(aiohttp.ClientSession, None)
-    empty = Settings.model_validate({})
-    assert AliyunProvider(empty, session).credentials() == []
-    assert LiblibProvider(empty, session).credentials() == []
-    only_access = Settings.model_validate({"liblibai_access_key": SecretStr("ak")})
+    assert AliyunProvider(AliyunSettings(), session).credentials() == []
+    assert LiblibProvider(LiblibSettings(), session).credentials() == []
+    only_access = LiblibSettings.model_validate({"access_key": SecretStr("ak")})
     assert LiblibProvider(only_access, session).credentials() == []
 
-    settings = Settings.model_validate(
+    aliyun_settings = AliyunSettings.model_validate(
         {
-            "aliyun_api_key": SecretStr("sk-secret-key"),
-            "aliyun_base_url": "https://dashscope-intl.aliyuncs.com/api/v1/",
-            "aliyun_max_in_flight": 3,
-            "liblibai_access_key": SecretStr("access-key"),
-            "liblibai_secret_key": SecretStr("secret-key"),
-            "liblibai_max_in_flight": 4,
+            "api_key": SecretStr("sk-secret-key"),
+            "base_url": "https://dashscope-intl.aliyuncs.com/api/v1/",
+            "max_in_flight": 3,
         }
     )
-    (aliyun,) = AliyunProvider(settings, session).credentials()
+    liblib_settings = LiblibSettings.model_validate(
+        {"access_key": SecretStr("access-key"), "secret_key": SecretStr("secret-key"), "max_in_flight": 4}
+    )
+    (aliyun,) = AliyunProvider(aliyun_settings, session).credentials()
     assert aliyun.name == "aliyun-1" and "sk-secret" not in repr(aliyun)
     assert aliyun.key.get_secret_value() == "sk-secret-key" and aliyun.secret is None
     assert aliyun.base_url == "https://dashscope-intl.aliyuncs.com/api/v1"
     assert aliyun.max_in_flight == 3
-    (liblib,) = LiblibProvider(settings, session).credentials()
+    (liblib,) = LiblibProvider(liblib_settings, session).credentials()
     assert liblib.name == "liblibai-1" and "secret-key" not in repr(liblib)
     assert liblib.secret is not None and liblib.secret.get_secret_value() == "secret-key"
     assert liblib.base_url == "https://openapi.liblibai.cloud" and liblib.max_in_flight == 4

@@ -23,10 +23,9 @@ from imaged.catalog import Catalog, ModelSpec
 from imaged.contract import ErrorCategory
 from imaged.errors import ProviderError
 from imaged.providers import aliyun, liblibai
-from imaged.providers.aliyun import AliyunProvider
+from imaged.providers.aliyun import AliyunProvider, AliyunSettings
 from imaged.providers.base import Credential, HttpReply, ProviderState, parse_retry_after
-from imaged.providers.liblibai import LiblibProvider, sign
-from imaged.settings import Settings
+from imaged.providers.liblibai import LiblibProvider, LiblibSettings, sign
 
 C = ErrorCategory
 
@@ -506,7 +505,7 @@ async def test_dashscope_round_trip(session: aiohttp.ClientSession, catalog: Cat
         ("POST", "/api/v1/tasks/{task_id}/cancel", cancel),
     ]
     async with serve(routes) as base:
-        provider = AliyunProvider(Settings.model_validate({}), session)
+        provider = AliyunProvider(AliyunSettings(), session)
         spec = spec_of(catalog, "wanx2.1-t2i-turbo")
         params = provider.validate(spec, {"prompt": "cat", "size": "1024*768"})
         cred = aliyun_credential(base)
@@ -565,7 +564,7 @@ async def test_dashscope_http_errors(session: aiohttp.ClientSession, catalog: Ca
     ]
     spec = spec_of(catalog, "wanx2.1-t2i-turbo")
     async with serve(routes) as base:
-        provider = FastAliyun(Settings.model_validate({}), session)
+        provider = FastAliyun(AliyunSettings(), session)
         params = provider.validate(spec, {"prompt": "cat"})
         cases: list[tuple[str, Callable[[Credential], Awaitable[object]], ErrorCategory, bool, str]] = [
             (
@@ -612,10 +611,9 @@ def free_port() -> int:
 
 async def test_connection_errors(session: aiohttp.ClientSession, catalog: Catalog) -> None:
     base = f"http://127.0.0.1:{free_port()}"
-    settings = Settings.model_validate({})
     dashscope = spec_of(catalog, "wanx2.1-t2i-turbo")
     with pytest.raises(ProviderError) as caught:
-        await AliyunProvider(settings, session).poll(aliyun_credential(base), dashscope, "t", {})
+        await AliyunProvider(AliyunSettings(), session).poll(aliyun_credential(base), dashscope, "t", {})
     assert (caught.value.code, caught.value.retryable, caught.value.category) == (
         "connection_error",
         True,
@@ -625,7 +623,7 @@ async def test_connection_errors(session: aiohttp.ClientSession, catalog: Catalo
 
     star3 = spec_of(catalog, "star-3-alpha-t2i")
     with pytest.raises(ProviderError) as caught:
-        await LiblibProvider(settings, session).poll(liblib_credential(base), star3, "u", {})
+        await LiblibProvider(LiblibSettings(), session).poll(liblib_credential(base), star3, "u", {})
     assert (caught.value.code, caught.value.retryable) == ("connection_error", True)
     for secret in ("Signature", "AccessKey", ACCESS_KEY, SECRET_KEY):
         assert secret not in caught.value.message
@@ -667,7 +665,7 @@ async def test_liblib_round_trip(session: aiohttp.ClientSession, catalog: Catalo
         ("POST", "/api/generate/webui/status", status_route),
     ]
     async with serve(routes) as base:
-        provider = LiblibProvider(Settings.model_validate({}), session)
+        provider = LiblibProvider(LiblibSettings(), session)
         cred = liblib_credential(base)
         star3 = spec_of(catalog, "star-3-alpha-t2i")
         params = provider.validate(
@@ -733,7 +731,7 @@ async def test_liblib_http_errors(session: aiohttp.ClientSession, catalog: Catal
     ]
     star3 = spec_of(catalog, "star-3-alpha-t2i")
     async with serve(routes) as base:
-        provider = FastLiblib(Settings.model_validate({}), session)
+        provider = FastLiblib(LiblibSettings(), session)
         params = provider.validate(star3, {"prompt": "cat"})
         cases: list[tuple[str, Callable[[Credential], Awaitable[object]], ErrorCategory, str]] = [
             ("/busy", lambda c: provider.submit(c, star3, params), C.RATE_LIMITED, "100054"),

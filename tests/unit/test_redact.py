@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, SecretStr
 
 from imaged.logs import JsonFormatter, TextFormatter
+from imaged.providers.aliyun import AliyunProvider
+from imaged.providers.liblibai import LiblibProvider
 from imaged.redact import MASK, MIN_SECRET_CHARS, RedactingFilter, Redactor
 from imaged.settings import Settings
 
@@ -296,21 +298,24 @@ def test_value_passes_scalars_through(redactor: Redactor) -> None:
 # ------------------------------------------------------------------------------------------ from_settings
 
 
-def full_settings() -> Settings:
-    return Settings.model_validate(
+def full_settings() -> list[BaseModel]:
+    """The core settings and both providers' settings, every secret set."""
+    core = Settings.model_validate(
         {
             "amqp_url": f"amqp://imaged:{AMQP_PASSWORD}@mq.internal:5672/",
             "mongodb_url": "mongodb://app:M0ngo%2FSecret99@db.internal:27017/imaged",
-            "aliyun_api_key": ALIYUN_KEY,
-            "aliyun_extra_api_keys": ["sk-extra11112222333344", "sk-extra55556666777788"],
-            "liblibai_access_key": LIB_ACCESS,
-            "liblibai_secret_key": LIB_SECRET,
-            "liblibai_extra_keys": ["ExtraAcc1234QWER:ExtraSec5678xyzUIOP"],
             "jwt_secret": JWT_SECRET,
             "api_key_pepper": "pepper-42-XYZW-pepper",
             "amqp_prefix": "imaged",
         }
     )
+    aliyun = AliyunProvider.load_settings(
+        api_key=ALIYUN_KEY, extra_api_keys=["sk-extra11112222333344", "sk-extra55556666777788"]
+    )
+    liblibai = LiblibProvider.load_settings(
+        access_key=LIB_ACCESS, secret_key=LIB_SECRET, extra_keys=["ExtraAcc1234QWER:ExtraSec5678xyzUIOP"]
+    )
+    return [core, aliyun, liblibai]
 
 
 EVERY_SECRET = [
@@ -331,13 +336,13 @@ EVERY_SECRET = [
 
 @pytest.mark.parametrize("secret", EVERY_SECRET)
 def test_from_settings_takes_every_secret(secret: str) -> None:
-    redactor = Redactor.from_settings(full_settings())
+    redactor = Redactor.from_models(full_settings())
     out = redactor.text(f"provider echoed «{secret}» in its error")
     assert out == f"provider echoed «{MASK}» in its error"
 
 
 def test_from_settings_keeps_urls_and_plain_settings_readable() -> None:
-    redactor = Redactor.from_settings(full_settings())
+    redactor = Redactor.from_models(full_settings())
     text = "connecting to mq.internal:5672 and db.internal:27017 as app, prefix imaged, https://dashscope.aliyuncs.com/api/v1"
     assert redactor.text(text) == text
 

@@ -1,4 +1,9 @@
-"""``imaged submit``: publish one request and, with ``--wait``, follow its events to the end."""
+"""``imaged submit``: publish one request to the request queue and, with ``--wait``, follow its events to the end.
+
+The request comes from a JSON file and/or flags (flags win). With ``--wait`` the command subscribes to the events
+exchange before it publishes, so no event can be missed, and exits 0 if the task completes, 1 if it fails or is
+canceled, 2 if it gives up waiting (the task goes on).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ from typing import Any
 import aio_pika
 import click
 
-from .broker import Topology
-from .contract import Status, new_task_id
-from .settings import Settings
+from ..broker import Topology
+from ..contract import Status, new_task_id
+from ..settings import Settings
+from .app import configure, load_settings, run_async
+from .exits import EXIT_FAILED, EXIT_NOT_FINISHED, EXIT_OK
 
 
 def build_request(
@@ -49,6 +56,44 @@ def build_request(
     return body
 
 
+@click.command()
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", help="model name (see config/models.toml)")
+@click.option("--prompt", help="the prompt (sets parameters.prompt)")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="a parameter; VALUE is JSON if it parses",
+)
+@click.option("--task-id", help="idempotency key")
+@click.option("--wait", is_flag=True, help="follow the task's events and exit non-zero unless it completes")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds to wait with --wait")
+@click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    file: Path | None,
+    model: str | None,
+    prompt: str | None,
+    params: tuple[str, ...],
+    task_id: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Publish one request (from FILE, a JSON request body, or from flags) to the request queue."""
+    settings = load_settings()
+    configure(ctx, settings)
+    try:
+        body = build_request(file, model, prompt, params, task_id)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    sys.exit(run_async(submit_request(settings, body, wait=wait, wait_s=timeout, as_json=as_json)))
+
+
 async def submit_request(
     settings: Settings, body: dict[str, Any], *, wait: bool, wait_s: float, as_json: bool
 ) -> int:
@@ -77,14 +122,14 @@ async def submit_request(
         click.echo(f"submitted task {task_id}", err=True)
         if events is None:
             click.echo(task_id)
-            return 0
+            return EXIT_OK
         try:
             return await asyncio.wait_for(_follow(events, task_id, as_json), wait_s)
         except TimeoutError:
             click.echo(
                 f"gave up waiting after {wait_s:.0f}s; the task goes on (imaged status {task_id})", err=True
             )
-            return 2
+            return EXIT_NOT_FINISHED
     finally:
         await connection.close()
 
@@ -99,8 +144,8 @@ async def _follow(queue: aio_pika.abc.AbstractQueue, task_id: str, as_json: bool
                 _show(event, as_json)
                 status = Status(event["status"])
                 if status.terminal:
-                    return 0 if status is Status.COMPLETED else 1
-    return 1
+                    return EXIT_OK if status is Status.COMPLETED else EXIT_FAILED
+    return EXIT_FAILED
 
 
 def _show(event: dict[str, Any], as_json: bool) -> None:
