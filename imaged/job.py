@@ -26,16 +26,16 @@ from .cancels import RECHECK_S, CancelBoard
 from .catalog import Catalog, ModelSpec
 from .claims import Claims, ClaimState
 from .contract import ErrorCategory, ErrorInfo, Result, Status, utcnow
-from .errors import HandBack, InvalidRequest, ProviderError, TaskError
+from .errors import HandBack, InvalidRequest, TaskError
 from .events import EventPublisher
 from .images import ImageDownloader
 from .limits import ProviderLimits
 from .metrics import Metrics
 from .outage import is_outage, wait_out
+from .provider_output import ProviderOutput
 from .providers.base import Credential, PollResult, Provider, ProviderState
 from .redact import Redactor
 from .results import collect
-from .sanitize import clean, clean_text
 from .settings import Settings
 from .store import TaskStore
 from .task import RESUME_SEQ_GAP, Task
@@ -43,16 +43,6 @@ from .task import RESUME_SEQ_GAP, Task
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: what a provider says is kept within these bounds (characters of a message, bytes of other data)
-MAX_PROVIDER_TEXT = 1000
-MAX_PROVIDER_DATA = 16 * 1024
-#: an error code is a short identifier; a provider sending more is broken or hostile
-MAX_PROVIDER_CODE = 128
-#: a provider's task id is stored, logged and sent back in every poll
-MAX_PROVIDER_ID = 256
-#: image entries of a reply looked at, however many it lists
-MAX_LISTED_IMAGES = 100
 
 # Submit failures after which the provider may nevertheless have created the task.
 AMBIGUOUS_SUBMIT_CODES = frozenset({"timeout", "connection_error", "malformed_response"})
@@ -100,6 +90,7 @@ class Job:
         self.deps = deps
         self.provider = provider
         self.limits = limits
+        self.output = ProviderOutput(deps.redactor)
         self.task_id = task_id
         self.resumed = resumed
         #: the task as intake stored it, from the lane message of its first delivery
@@ -192,7 +183,7 @@ class Job:
             )
             return await self.finish(task, Status.FAILED, error=error)
         started = time.monotonic()
-        result = await collect(self.provider, spec, task, poll, d.downloader, d.metrics, d.redactor)
+        result = await collect(self.provider, spec, task, poll, d.downloader, d.metrics, self.output)
         d.metrics.stage_duration.labels(self.provider.name, "download").observe(time.monotonic() - started)
         return await self.finish(task, Status.COMPLETED, result=result)
 
@@ -449,47 +440,20 @@ class Job:
 
     async def _counted(self, operation: str, request: Awaitable[T]) -> T:
         """One request to the provider, counted by outcome in ``imaged_provider_requests_total``. What the
-        provider said is made safe here, before anything stores, sends or logs it."""
+        provider said is made safe here (``provider_output``), before anything stores, sends or logs it."""
         requests = self.deps.metrics.provider_requests
         try:
             result = await request
         except TaskError as exc:
             requests.labels(self.provider.name, operation, exc.category.value).inc()
-            exc.message = self._safe_text(exc.message)
-            exc.code = self._safe_code(exc.code)
-            exc.args = (exc.message,)
+            self.output.error(exc)
             raise
         requests.labels(self.provider.name, operation, "ok").inc()
         if isinstance(result, PollResult):
-            self._make_safe(result)
-        elif isinstance(result, str) and not is_usable_provider_id(result):
-            # Most likely paid, but an id that cannot be stored cannot be polled either: fail, never resubmit.
-            raise ProviderError(
-                "the provider answered the submit with an unusable task id "
-                f"({len(result)} characters, not printable text of at most {MAX_PROVIDER_ID} characters)",
-                code="bad_task_id",
-                category=ErrorCategory.PROVIDER_ERROR,
-            )
+            self.output.poll(result)
+        elif isinstance(result, str):
+            self.output.task_id(result)
         return result
-
-    def _safe_text(self, text: str) -> str:
-        return self.deps.redactor.text(clean_text(text, MAX_PROVIDER_TEXT))
-
-    def _safe_code(self, code: str) -> str:
-        return self.deps.redactor.text(clean_text(code, MAX_PROVIDER_CODE)) or "unknown"
-
-    def _make_safe(self, poll: PollResult) -> None:  # (image URLs are made safe where the result is built)
-        """A provider's reply may be hostile or broken: cap and clean it, drop secrets it echoes."""
-        if poll.error is not None:
-            poll.error = poll.error.model_copy(
-                update={
-                    "message": self._safe_text(poll.error.message),
-                    "code": self._safe_code(poll.error.code),
-                }
-            )
-        poll.info = self.deps.redactor.value(clean(poll.info, max_bytes=MAX_PROVIDER_DATA))
-        poll.failed_images = self.deps.redactor.value(clean(poll.failed_images, max_bytes=MAX_PROVIDER_DATA))
-        poll.images = poll.images[:MAX_LISTED_IMAGES]
 
     # -- finish -------------------------------------------------------------------------------------------------
 
@@ -516,8 +480,3 @@ class Job:
 
 def _canceled() -> ErrorInfo:
     return ErrorInfo(category=ErrorCategory.CANCELED, code="canceled", message="the task was canceled")
-
-
-def is_usable_provider_id(value: str) -> bool:
-    """A provider task id imaged can store and send back: printable text, at most MAX_PROVIDER_ID characters."""
-    return 0 < len(value) <= MAX_PROVIDER_ID and value.isprintable()

@@ -15,15 +15,11 @@ from .contract import ImageInfo, Result
 from .errors import DownloadError
 from .images import ImageDownloader, SavedImage
 from .metrics import Metrics
+from .provider_output import ProviderOutput
 from .providers.base import PollResult, Provider
-from .redact import Redactor
-from .sanitize import clean_text
 from .task import Task
 
 log = logging.getLogger(__name__)
-
-#: the provider's URL of an image, as the result shows it (the download itself uses the whole URL)
-MAX_SHOWN_URL = 4096
 
 
 async def collect(
@@ -33,7 +29,7 @@ async def collect(
     poll: PollResult,
     downloader: ImageDownloader,
     metrics: Metrics,
-    redactor: Redactor,
+    output: ProviderOutput,
 ) -> Result:
     """Download the images of a succeeded task and build its result; DownloadError if none could be had."""
     when = datetime.now()  # local time, as the original service named its files
@@ -55,7 +51,7 @@ async def collect(
         images.append(
             ImageInfo(
                 index=image.index,
-                url=redactor.text(clean_text(image.url, MAX_SHOWN_URL)),  # a provider may echo a key in it
+                url=output.image_url(image.url),
                 local_path=str(saved.path),
                 seed=image.seed,
                 auditStatus=image.audit_status,
