@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+from aio_pika import DeliveryMode, Message
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -91,6 +92,31 @@ class Topology:
         }
 
 
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """A message body as a JSON object; None when it is not one (not UTF-8, not JSON, nested too deep)."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def persistent_message(
+    body: bytes, *, content_type: str | None = "application/json", **properties: Any
+) -> Message:
+    """A message that survives a broker restart: how imaged publishes everything but control broadcasts."""
+    return Message(body, content_type=content_type, delivery_mode=DeliveryMode.PERSISTENT, **properties)
+
+
+async def publish_request(
+    channel: AbstractChannel, topology: Topology, body: bytes, *, message_id: str, **properties: Any
+) -> None:
+    """Publish a request to the requests queue, as any publisher does (``imaged submit``, dead-letter replay)."""
+    await channel.default_exchange.publish(
+        persistent_message(body, message_id=message_id, **properties), routing_key=topology.requests
+    )
+
+
 class Broker:
     """One robust connection, a confirmed publishing channel, and the declared topology."""
 
@@ -162,14 +188,7 @@ class Broker:
     ) -> None:
         assert self.events_exchange is not None
         await self.events_exchange.publish(
-            aio_pika.Message(
-                body,
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                headers=headers,
-            ),
+            persistent_message(body, message_id=message_id, correlation_id=correlation_id, headers=headers),
             routing_key=routing_key,
         )
 
@@ -186,10 +205,8 @@ class Broker:
         """Publish through the default exchange (routing key = queue name), as publishers do."""
         channel = self._require_channel()
         await channel.default_exchange.publish(
-            aio_pika.Message(
+            persistent_message(
                 body,
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=message_id,
                 correlation_id=correlation_id,
                 headers=headers or {},
@@ -223,10 +240,9 @@ class Broker:
         headers["x-imaged-error"] = json.dumps(error, ensure_ascii=False)[:4000]
         headers["x-imaged-original-queue"] = message.routing_key or ""
         await self.dlx_exchange.publish(
-            aio_pika.Message(
+            persistent_message(
                 message.body,
                 content_type=message.content_type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=message.message_id,
                 correlation_id=message.correlation_id,
                 headers=headers,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,7 +19,7 @@ from aiohttp import web
 
 from .api import ApiDeps, create_app
 from .auth import ApiKeys
-from .broker import Broker, Consumer, Topology
+from .broker import Broker, Consumer, Topology, json_object
 from .cancels import CancelBoard
 from .catalog import Catalog
 from .claims import MongoClaims
@@ -374,11 +373,7 @@ class Daemon:
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
         """A broadcast of another replica (or a command): a cancel request for a task."""
-        try:
-            data = json.loads(message.body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            return
-        task_id = data.get("cancel") if isinstance(data, dict) else None
+        task_id = (json_object(message.body) or {}).get("cancel")
         if isinstance(task_id, str) and is_valid_task_id(task_id):
             self.cancels.cancel(task_id)
 

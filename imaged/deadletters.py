@@ -16,13 +16,12 @@ Anything else is logged and dropped (``imaged_dead_letters_total{reason="forged"
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from .broker import Broker
+from .broker import Broker, json_object
 from .claims import Claims, ClaimState
 from .contract import ErrorCategory, ErrorInfo, Status
 from .events import EventPublisher
@@ -119,10 +118,7 @@ class DeadLetterWatcher:
         if not self.signer.verify(message.body, (message.headers or {}).get(SIGNATURE_HEADER)):
             self._forged(message, "a lane message without imaged's signature")
             return
-        try:
-            task_id = json.loads(message.body).get("task_id")
-        except (ValueError, AttributeError, RecursionError):
-            task_id = None
+        task_id = (json_object(message.body) or {}).get("task_id")
         if not isinstance(task_id, str):
             return
         self._count(reason)

@@ -20,7 +20,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from .broker import RESUME_HEADER, Broker
+from .broker import RESUME_HEADER, Broker, json_object
 from .catalog import Catalog, ModelSpec
 from .contract import ErrorInfo, Request, Status, check_plain_keys, is_valid_task_id, new_task_id, utcnow
 from .delivery import DeadLetter
@@ -258,11 +258,8 @@ class Intake:
         return error.model_dump(mode="json")
 
     def known_task_id(self, message: AbstractIncomingMessage) -> str | None:
-        try:
-            data = json.loads(message.body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            data = None
-        if isinstance(data, dict):
+        data = json_object(message.body)
+        if data is not None:
             candidate = data.get("task_id")
             if isinstance(candidate, str) and is_valid_task_id(candidate):
                 return candidate
@@ -270,12 +267,7 @@ class Intake:
 
     async def record_failure(self, message: AbstractIncomingMessage, task_id: str, error: ErrorInfo) -> None:
         """Store a failed task for a request that never became one, and announce it (once per task id)."""
-        data: Any
-        try:
-            data = json.loads(message.body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            data = {}
-        data = data if isinstance(data, dict) else {}
+        data = json_object(message.body) or {}
         model = clean_text(data["model"], 128) if isinstance(data.get("model"), str) else ""
         spec = self.catalog.get(model or "")
         provider = (

@@ -7,13 +7,12 @@ message to the supervisor, which owns the job as a task, acks when the job is do
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from .broker import RESUME_HEADER, Broker, Consumer, settle
+from .broker import RESUME_HEADER, Broker, Consumer, json_object, settle
 from .contract import ErrorCategory, ErrorInfo, Status
 from .delivery import DeadLetter, DeliveryPolicy, process
 from .errors import TaskError
@@ -85,15 +84,14 @@ class Lane:
             await self.channel.close()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        try:
-            body = json.loads(message.body)
-            task_id = str(body["task_id"])
-        except (ValueError, KeyError, TypeError):
+        body = json_object(message.body)
+        if body is None or not isinstance(body.get("task_id"), str):
             await self.broker.dead_letter(
                 message, "bad_work_message", {"message": "lane message without task_id"}
             )
             await settle(message, ack=True)
             return
+        task_id: str = body["task_id"]
         if message.redelivered:
             self.deps.metrics.redeliveries.labels(self.provider.name).inc()
         if task_id in self.jobs:
@@ -142,7 +140,7 @@ class Lane:
 
     async def _give_up(self, messages: Sequence[AbstractIncomingMessage], exc: BaseException) -> None:
         """A job that crashed on its last allowed delivery: fail its task instead of looping, dead-letter it."""
-        task_id = json.loads(messages[-1].body)["task_id"]
+        task_id = str((json_object(messages[-1].body) or {}).get("task_id"))
         error = ErrorInfo(
             category=ErrorCategory.INTERNAL,
             code="crashed",

@@ -22,6 +22,7 @@ import aio_pika
 import aiohttp
 from pymongo import AsyncMongoClient
 
+from ..broker import Topology, publish_request
 from ..images import CHUNK_BYTES, ImageDownloader
 from ..netguard import AddressPolicy, guarded_connector
 from .processes import Daemon, Emulator, usage
@@ -232,14 +233,8 @@ class Stage:
         for chunk in range(0, count, PUBLISH_CHUNK):
             await asyncio.gather(
                 *(
-                    self.channel.default_exchange.publish(
-                        aio_pika.Message(
-                            request_body(task_id),
-                            content_type="application/json",
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            message_id=task_id,
-                        ),
-                        routing_key=f"{self.namespace}.requests",
+                    publish_request(
+                        self.channel, Topology(self.namespace), request_body(task_id), message_id=task_id
                     )
                     for task_id in ids[chunk : chunk + PUBLISH_CHUNK]
                 )

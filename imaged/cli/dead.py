@@ -17,7 +17,7 @@ import aio_pika
 import click
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from ..broker import Topology
+from ..broker import Topology, persistent_message
 from ..settings import Settings
 from .app import Unavailable, json_option, operator_command, run_operator
 from .exits import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
@@ -190,11 +190,10 @@ async def replay(
                 headers.pop(name, None)
             headers["x-imaged-replayed"] = int(headers.get("x-imaged-replayed") or 0) + 1
             await channel.default_exchange.publish(
-                aio_pika.Message(
+                persistent_message(
                     message.body,
                     content_type=message.content_type,
                     content_encoding=message.content_encoding,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     message_id=message.message_id,
                     correlation_id=message.correlation_id,
                     reply_to=message.reply_to,

@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 import click
 
-from ..broker import Topology
+from ..broker import Topology, publish_request
 from ..contract import Status, new_task_id
 from ..settings import Settings
 from .app import configure, load_settings, run_async
@@ -110,14 +110,8 @@ async def submit_request(
             )
             events = await channel.declare_queue(exclusive=True, auto_delete=True)
             await events.bind(exchange, routing_key="task.#")
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                json.dumps(body, ensure_ascii=False).encode(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=task_id,
-            ),
-            routing_key=topology.requests,
+        await publish_request(
+            channel, topology, json.dumps(body, ensure_ascii=False).encode(), message_id=task_id
         )
         click.echo(f"submitted task {task_id}", err=True)
         if events is None:
