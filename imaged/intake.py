@@ -156,7 +156,7 @@ class Intake:
         """The model's spec and its normalised parameters; raises InvalidRequest naming the field."""
         spec = self.catalog.get(request.model)
         if spec is None:
-            known = ", ".join(sorted(self.catalog.models))
+            known = ", ".join(self.catalog.names())
             raise InvalidRequest(
                 f"model: unknown model {request.model!r} (known: {known})", code="unknown_model"
             )

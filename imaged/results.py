@@ -10,7 +10,7 @@ import logging
 from datetime import datetime
 
 from . import retry
-from .catalog import ModelSpec
+from .catalog import ModelSpec, parse_size
 from .contract import ImageInfo, Result
 from .errors import DownloadError
 from .images import ImageDownloader, SavedImage
@@ -68,17 +68,21 @@ async def collect(
     described = provider.describe(spec, task.parameters)
     info = dict(poll.info)
     usage = info.pop("usage", None) or {"image_count": len(images)}
+    width, height = described.get("width", images[0].width), described.get("height", images[0].height)
+    billed_size = parse_size(usage["size"]) if isinstance(usage.get("size"), str) else (width, height)
+    points = info.get("pointsCost")
+    cost = spec.price.cost(len(images), billed_size, points if isinstance(points, int | float) else None)
     return Result(
         id=task.provider_task_id or "",
         model=task.model,
         created=f"{when:%Y-%m-%d %H:%M:%S}",
         images=images,
         prompt=described.get("prompt"),
-        width=described.get("width", images[0].width),
-        height=described.get("height", images[0].height),
+        width=width,
+        height=height,
         usage=usage,
         failed_images=failed,
-        cost=round(spec.price_per_image * len(images), 6),
+        cost=cost,
         **info,
     )
 

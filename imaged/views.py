@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .catalog import Catalog
+from .catalog import Catalog, ModelSpec
 from .task import Task
 
 
@@ -42,10 +42,27 @@ def model_view(catalog: Catalog, available: Iterable[str]) -> list[dict[str, Any
             "kind": spec.kind,
             "title": spec.title,
             "available": spec.provider in providers,
+            "family": spec.family,
+            "aliases": list(spec.aliases),
             "defaults": spec.defaults,
-            "limits": spec.limits,
-            "price_per_image": spec.price_per_image,
-            "currency": spec.currency,
+            "accepts": spec.accepts.model_dump(mode="json", exclude_none=True),
+            "sizes": spec.accepts.size.describe() if spec.accepts.size is not None else "",
+            "price": spec.price.model_dump(mode="json", exclude_defaults=True) | {"basis": spec.price.basis},
+            # as imaged 0.1 showed them
+            "limits": legacy_limits(spec),
+            "price_per_image": spec.price.per_image,
+            "currency": spec.price.currency,
         }
         for spec in sorted(catalog.models.values(), key=lambda s: (s.provider, s.name))
     ]
+
+
+def legacy_limits(spec: ModelSpec) -> dict[str, Any]:
+    """The ``limits`` object of imaged 0.1's model list, for clients that read it."""
+    accepts = spec.accepts
+    limits: dict[str, Any] = {"n_max": accepts.n[1], "prompt_max": accepts.prompt}
+    if accepts.negative_prompt is not None:
+        limits["negative_prompt_max"] = accepts.negative_prompt
+    if accepts.size is not None and accepts.size.sides is not None:
+        limits["side_min"], limits["side_max"] = accepts.size.sides
+    return limits

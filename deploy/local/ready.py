@@ -2,26 +2,40 @@
 
 Usage:
     ready.py amqp|mongo HOST PORT [--wait SECONDS] [--pid PID]
+    ready.py s3 HOST PORT --access-key KEY --secret-key SECRET [--region R]
+             [--bucket NAME [--create-bucket]] [--wait SECONDS] [--pid PID]
 
 Exit status:
     0  the server answered a real protocol handshake
     1  nothing answered (connection refused / timed out) before the deadline
     2  something answered on the port, but not with the expected protocol
     3  the process given by --pid exited while we were waiting
+    4  (s3 with --bucket, without --create-bucket) the server accepts our keys, but the bucket is missing
 
 AMQP: sends the AMQP 0-9-1 protocol header and expects a Connection.Start
 method frame (frame type 1, class 10, method 10).
 MongoDB: sends an OP_MSG ``{hello: 1, $db: "admin"}`` and expects ``ok: 1``.
+S3: sends a ListBuckets request signed with AWS Signature V4 (path-style, no payload) and expects a
+``ListAllMyBucketsResult``; a refusal of the keys counts as "not our server" (2), a 5xx as "not ready
+yet" (1). With --bucket it checks the bucket is listed; with --create-bucket it creates it when missing
+(CreateBucket is idempotent for its owner) and confirms it with HeadBucket.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import functools
+import hashlib
+import hmac
+import http.client
 import os
 import socket
 import struct
 import sys
 import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 OP_MSG = 2013
@@ -30,6 +44,14 @@ IO_TIMEOUT_S = 3.0
 
 class WrongProtocol(Exception):
     """The peer answered, but not as the expected server would."""
+
+
+class NotReady(Exception):
+    """The expected server answered, but says it cannot serve yet (e.g. an S3 5xx during startup)."""
+
+
+class BucketMissing(Exception):
+    """The S3 server accepts our keys, but the bucket does not exist (and we were not asked to create it)."""
 
 
 def _connect(host: str, port: int) -> socket.socket:
@@ -166,6 +188,137 @@ def probe_mongo(host: str, port: int) -> str:
     return f"MongoDB hello ok (maxWireVersion={wire:g})" if wire is not None else "MongoDB hello ok"
 
 
+# --- S3 -----------------------------------------------------------------------
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+class S3Probe:
+    """Minimal path-style S3 client for requests without a payload, signed with AWS Signature V4."""
+
+    def __init__(self, host: str, port: int, access_key: str, secret_key: str, region: str) -> None:
+        self.host, self.port = host, port
+        self.access_key, self.secret_key, self.region = access_key, secret_key, region
+        self.server = ""
+
+    def _headers(self, method: str, path: str) -> dict[str, str]:
+        now = datetime.datetime.now(datetime.UTC)
+        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        host = f"{self.host}:{self.port}"
+        signed = "host;x-amz-content-sha256;x-amz-date"
+        canonical = "\n".join(
+            [
+                method,
+                path,
+                "",
+                f"host:{host}",
+                f"x-amz-content-sha256:{EMPTY_SHA256}",
+                f"x-amz-date:{amz_date}",
+                "",
+                signed,
+                EMPTY_SHA256,
+            ]
+        )
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = "\n".join(
+            ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+        )
+        key = ("AWS4" + self.secret_key).encode()
+        for part in (day, self.region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        return {
+            "Host": host,
+            "X-Amz-Date": amz_date,
+            "X-Amz-Content-Sha256": EMPTY_SHA256,
+            "Authorization": f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}",
+            "Content-Length": "0",
+        }
+
+    def request(self, method: str, path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=IO_TIMEOUT_S)
+        try:
+            conn.connect()  # failing here means nothing is listening (OSError propagates)
+            try:
+                conn.request(method, path, headers=self._headers(method, path))
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise WrongProtocol(
+                    f"no HTTP reply to {method} {path} ({type(exc).__name__}: {exc})"
+                ) from exc
+            self.server = resp.getheader("Server") or self.server
+            return resp.status, body
+        finally:
+            conn.close()
+
+
+def _xml(body: bytes) -> ET.Element | None:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError:
+        return None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _s3_error(status: int, body: bytes, what: str) -> Exception:
+    """The exception for an unexpected S3 reply: NotReady for 5xx, else WrongProtocol."""
+    root = _xml(body)
+    code = ""
+    if root is not None and _local(root.tag) == "Error":
+        code = next((e.text or "" for e in root if _local(e.tag) == "Code"), "")
+    detail = f"{what}: HTTP {status}" + (f" {code}" if code else "")
+    if status >= 500:
+        return NotReady(detail)
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+        return WrongProtocol(f"{detail} (an S3 server that does not accept our keys)")
+    if root is None or not code:
+        return WrongProtocol(f"{detail} (not an S3 reply)")
+    return WrongProtocol(detail)
+
+
+def probe_s3(
+    host: str,
+    port: int,
+    *,
+    access_key: str,
+    secret_key: str,
+    region: str,
+    bucket: str | None = None,
+    create_bucket: bool = False,
+) -> str:
+    s3 = S3Probe(host, port, access_key, secret_key, region)
+    status, body = s3.request("GET", "/")
+    root = _xml(body)
+    if status != 200 or root is None or _local(root.tag) != "ListAllMyBucketsResult":
+        if status == 200:
+            raise WrongProtocol("ListBuckets: HTTP 200 without a ListAllMyBucketsResult (not an S3 server)")
+        raise _s3_error(status, body, "ListBuckets")
+    names = {
+        (e.text or "") for b in root.iter() if _local(b.tag) == "Bucket" for e in b if _local(e.tag) == "Name"
+    }
+    info = f"S3 ListBuckets ok ({s3.server or 'unknown server'})"
+    if not bucket:
+        return info
+    if bucket in names:
+        return f"{info}, bucket {bucket} present"
+    if not create_bucket:
+        raise BucketMissing(f"bucket {bucket} does not exist")
+    status, body = s3.request("PUT", f"/{bucket}")
+    if status != 200:
+        err = _s3_error(status, body, f"CreateBucket {bucket}")
+        if status != 409 or b"BucketAlreadyOwnedByYou" not in body:  # 409 "owned by you": created meanwhile
+            raise err
+    status, body = s3.request("HEAD", f"/{bucket}")
+    if status != 200:
+        raise _s3_error(status, body, f"HeadBucket {bucket}")
+    return f"{info}, bucket {bucket} created"
+
+
 # --- main -------------------------------------------------------------------
 
 
@@ -189,15 +342,34 @@ def _pid_alive(pid: int) -> bool:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("amqp", "mongo"))
+    parser.add_argument("kind", choices=("amqp", "mongo", "s3"))
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("--wait", type=float, default=0.0, help="keep trying for this many seconds")
     parser.add_argument("--pid", type=int, default=0, help="give up early if this process exits")
     parser.add_argument("-q", "--quiet", action="store_true")
+    s3_opts = parser.add_argument_group("s3")
+    s3_opts.add_argument("--access-key", default="")
+    s3_opts.add_argument("--secret-key", default="")
+    s3_opts.add_argument("--region", default="us-east-1")
+    s3_opts.add_argument("--bucket", default="", help="require this bucket")
+    s3_opts.add_argument("--create-bucket", action="store_true", help="create the --bucket if it is missing")
     args = parser.parse_args(argv)
 
-    probe = probe_amqp if args.kind == "amqp" else probe_mongo
+    probe: Callable[[str, int], str]
+    if args.kind == "s3":
+        if not (args.access_key and args.secret_key):
+            parser.error("s3 needs --access-key and --secret-key")
+        probe = functools.partial(
+            probe_s3,
+            access_key=args.access_key,
+            secret_key=args.secret_key,
+            region=args.region,
+            bucket=args.bucket or None,
+            create_bucket=args.create_bucket,
+        )
+    else:
+        probe = probe_amqp if args.kind == "amqp" else probe_mongo
     deadline = time.monotonic() + args.wait
     last = "no attempt"
     while True:
@@ -206,6 +378,12 @@ def main(argv: list[str]) -> int:
         except WrongProtocol as exc:
             last = f"wrong protocol: {exc}"
             code = 2
+        except NotReady as exc:
+            last = f"not ready: {exc}"
+            code = 1
+        except BucketMissing as exc:
+            last = str(exc)
+            code = 4
         except (OSError, struct.error, ValueError, IndexError) as exc:
             last = f"{type(exc).__name__}: {exc}"
             code = 1

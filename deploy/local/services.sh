@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Local services for imaged: RabbitMQ and a MongoDB-compatible server, on 127.0.0.1 only.
+# Local services for imaged: RabbitMQ, a MongoDB-compatible server and an S3-compatible server
+# (SeaweedFS), on 127.0.0.1 only.
 #
-# Usage: deploy/local/services.sh [up|down|status|restart-rabbitmq|restart-mongo|help]
+# Usage: deploy/local/services.sh [up|down|status|restart-rabbitmq|restart-mongo|restart-s3|help]
 #
-#   up                (default) install what is missing, start what is not running, wait until each
-#                     server answers a real protocol handshake, then print on stdout:
+#   up                (default) install or build what is missing, start what is not running, wait
+#                     until each server answers a real protocol request (for S3: a signed
+#                     ListBuckets; the bucket "imaged" is created if missing), then print on stdout:
 #                       amqp: amqp://guest:guest@127.0.0.1:5672/
 #                       mongodb: mongodb://127.0.0.1:27017
+#                       s3: http://127.0.0.1:8333
 #                     Idempotent and fast when everything is already up.
 #   down              stop the servers this script started (never a server it merely reused)
-#   status            print each server's state and URL; exit 1 if any is down
+#   status            print each server's state and URL, and the settings an S3 client needs;
+#                     exit 1 if any is down
 #   restart-rabbitmq  stop then start RabbitMQ (same data), wait for the handshake
 #   restart-mongo     stop then start the MongoDB-compatible server (same data), wait for the handshake
+#   restart-s3        stop then start SeaweedFS (same data; rebuilt first if its pin changed), wait
+#                     for a signed S3 request
+#
+# S3 clients: endpoint http://127.0.0.1:8333, region us-east-1, access key id "imaged", secret
+# "imaged-local-secret", bucket "imaged", path-style addressing (`status` prints them as env vars).
 #
 # Environment:
 #   IMAGED_LOCAL_AMQP_PORT       AMQP port (default 5672)
@@ -19,11 +28,18 @@
 #   IMAGED_LOCAL_RABBITMQ_NODE   Erlang node name (default imaged-<AMQP port>@localhost)
 #   IMAGED_LOCAL_MONGO_PORT      MongoDB port (default 27017)
 #   IMAGED_LOCAL_MONGO           "mongod" or "ferretdb" (default: mongod if on PATH, else ferretdb)
+#   IMAGED_LOCAL_S3              "1" (default) or "0": whether `up` starts the S3 server (the first
+#                                start builds it: about 8 minutes and 2.6 GB of memory on 2 cores)
+#   IMAGED_LOCAL_S3_PORT         S3 port (default 8333)
+#   IMAGED_LOCAL_S3_INTERNAL_PORT  first of the 4 ports of SeaweedFS's master, volume, filer and admin
+#                                servers (default S3 port + 1000); each of these and the S3 server
+#                                also listens on its port + 10000 for gRPC
 #   IMAGED_LOCAL_WAIT_S          how long to wait for a handshake (default 90)
 #   PYTHON                       interpreter for ready.py (default .venv/bin/python, else python3)
 #
-# All state (data, logs, config, pid files, Erlang cookie, the FerretDB binary) lives in the
-# repository's ignored folder .state/. Progress messages go to stderr; only URLs go to stdout.
+# All state (data, logs, config, pid files, Erlang cookie, the FerretDB and SeaweedFS binaries)
+# lives in the repository's ignored folder .state/. Progress messages go to stderr; only URLs go to
+# stdout.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
@@ -34,9 +50,17 @@ HOST=127.0.0.1
 AMQP_PORT=${IMAGED_LOCAL_AMQP_PORT:-5672}
 AMQP_DIST_PORT=${IMAGED_LOCAL_AMQP_DIST_PORT:-$((AMQP_PORT + 20000))}
 MONGO_PORT=${IMAGED_LOCAL_MONGO_PORT:-27017}
+S3_ENABLED=${IMAGED_LOCAL_S3:-1}
+S3_PORT=${IMAGED_LOCAL_S3_PORT:-8333}
 WAIT_S=${IMAGED_LOCAL_WAIT_S:-90}
 AMQP_URL="amqp://guest:guest@$HOST:$AMQP_PORT/"
 MONGO_URL="mongodb://$HOST:$MONGO_PORT"
+S3_URL="http://$HOST:$S3_PORT"
+# Static, local-only credentials (SeaweedFS reads them from the s3 config written on every start).
+S3_ACCESS_KEY=imaged
+S3_SECRET_KEY=imaged-local-secret
+S3_REGION=us-east-1 # SeaweedFS accepts any region in a signature; clients still need one
+S3_BUCKET=imaged
 
 if [[ -n ${PYTHON:-} ]]; then
     :
@@ -66,6 +90,16 @@ MONGOD_DIR=$STATE/mongod
 MONGOD_DATA=$MONGOD_DIR/data
 MONGOD_LOG=$MONGOD_DIR/mongod.log
 MONGOD_PIDFILE=$MONGOD_DIR/mongod.pid
+
+# S3-compatible server: SeaweedFS (`weed mini`: master, volume, filer, S3 and admin in one process)
+SW_MODULE_DIR=$SCRIPT_DIR/seaweedfs
+SW_PKG=github.com/seaweedfs/seaweedfs/weed
+SW_BIN=$STATE/bin/weed
+SW_DIR=$STATE/seaweedfs
+SW_DATA=$SW_DIR/data
+SW_LOG=$SW_DIR/weed.log
+SW_PIDFILE=$SW_DIR/weed.pid
+SW_S3_CONFIG=$SW_DIR/s3.json
 
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
@@ -121,6 +155,7 @@ is_ours() {
             ;;
         ferretdb) [[ $(proc_cmdline "$pid") == *"--sqlite-url=file:$FDB_DATA/"* ]] ;;
         mongod) [[ $(proc_cmdline "$pid") == *"--dbpath $MONGOD_DATA"* ]] ;;
+        seaweedfs) [[ $(proc_cmdline "$pid") == *" mini "*" -dir=$SW_DATA "* ]] ;;
         *) return 1 ;;
     esac
 }
@@ -561,18 +596,252 @@ mongo_up() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# S3-compatible server: SeaweedFS, built from the pinned Go tools module in deploy/local/seaweedfs.
+#
+# `weed mini` rather than `weed server -filer -s3`: mini is SeaweedFS's mode for development, sizes
+# its volumes to the disk and grows one volume per bucket at a time (server mode preallocates 7 volume
+# slots per bucket out of 8 by default), and stops cleanly in about 2 s, where `weed server` takes
+# ~27 s and drops the filer's unflushed metadata log because its volume server stops first. Mini
+# also starts its admin server and a maintenance worker (vacuum etc.); here without the web UI or
+# WebDAV, and, like every other listener, on 127.0.0.1 only.
+
+s3_enabled() {
+    case $S3_ENABLED in
+        1 | yes | true | on) return 0 ;;
+        0 | no | false | off) return 1 ;;
+        *) die "IMAGED_LOCAL_S3 must be 1 or 0, not '$S3_ENABLED'" ;;
+    esac
+}
+
+# The internal ports, derived from the S3 port unless IMAGED_LOCAL_S3_INTERNAL_PORT is set.
+sw_ports() {
+    if [[ ! $S3_PORT =~ ^[1-9][0-9]*$ ]] || ((S3_PORT < 1 || S3_PORT > 55535)); then
+        die "IMAGED_LOCAL_S3_PORT must be a port number up to 55535 (its gRPC port is +10000), not '$S3_PORT'"
+    fi
+    SW_PORT_BASE=${IMAGED_LOCAL_S3_INTERNAL_PORT:-$((S3_PORT + 1000))}
+    if [[ ! $SW_PORT_BASE =~ ^[1-9][0-9]*$ ]] || ((SW_PORT_BASE < 1 || SW_PORT_BASE > 55532)); then
+        die "IMAGED_LOCAL_S3_INTERNAL_PORT must be a port number up to 55532, not '$SW_PORT_BASE'"
+    fi
+    SW_MASTER_PORT=$SW_PORT_BASE
+    SW_VOLUME_PORT=$((SW_PORT_BASE + 1))
+    SW_FILER_PORT=$((SW_PORT_BASE + 2))
+    SW_ADMIN_PORT=$((SW_PORT_BASE + 3))
+    # What the port file records: a running server must have been started with the same ports.
+    SW_PORTS_ID="$S3_PORT (internal $SW_MASTER_PORT-$SW_ADMIN_PORT)"
+}
+
+SW_RECIPE=1 # bump when sw_build changes in a way that needs a rebuild
+sw_stamp() { # identifies the build inputs; a change triggers a rebuild
+    { echo "recipe $SW_RECIPE"; cat -- "$SW_MODULE_DIR/go.mod" "$SW_MODULE_DIR/go.sum"; } | cksum | awk '{print $1}'
+}
+
+sw_built() { [[ -x $SW_BIN && -f $SW_BIN.stamp && $(<"$SW_BIN.stamp") == "$(sw_stamp)" ]]; }
+
+# Build `weed` once from deploy/local/seaweedfs (go.mod pins the version, go.sum every dependency).
+# Nothing is patched: the module is built as the proxy serves it. The binary goes to a scratch GOBIN
+# first and is then renamed into place, so a running server's binary is never overwritten.
+sw_build() {
+    sw_built && return 0
+    command -v go >/dev/null 2>&1 ||
+        die "Go (>= 1.26.6) is needed to build SeaweedFS, the local S3 server (or set IMAGED_LOCAL_S3=0)"
+    log "building SeaweedFS from deploy/local/seaweedfs (one-off: about 8 minutes and 2.6 GB of memory on 2 cores with an empty Go build cache)"
+    local build=$STATE/build/seaweedfs t0 stamp
+    stamp=$(sw_stamp)
+    t0=$(ms_now)
+    rm -rf -- "$build"
+    mkdir -p -- "$build" "$STATE/bin"
+    (
+        cd -- "$SW_MODULE_DIR"
+        GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 GOBIN=$build \
+            go install -trimpath -ldflags='-s -w' "$SW_PKG"
+    ) >&2 || die "building SeaweedFS failed"
+    "$build/weed" version >/dev/null 2>&1 ||
+        die "the SeaweedFS binary does not start: $("$build/weed" version 2>&1 | head -3 || true)"
+    mv -f -- "$build/weed" "$SW_BIN"
+    rm -rf -- "$build"
+    printf '%s\n' "$stamp" >"$SW_BIN.stamp"
+    log "built .state/bin/weed ($("$SW_BIN" version 2>/dev/null | head -1 || true)) in $((($(ms_now) - t0) / 1000)) s"
+}
+
+# The first build takes minutes: `up` runs it before taking the services lock (under a lock of its
+# own), so a concurrent `up` or `status` for RabbitMQ and MongoDB is not held up meanwhile.
+sw_build_locked() {
+    sw_built && return 0
+    mkdir -p -- "$STATE"
+    if command -v flock >/dev/null 2>&1; then
+        exec 8>"$STATE/.build-seaweedfs.lock"
+        flock -w 1800 8 || die "timed out waiting for another services.sh to finish building SeaweedFS"
+    fi
+    sw_build
+    exec 8>&-
+}
+
+sw_write_config() {
+    mkdir -p -- "$SW_DATA"
+    # Static identities: only signed requests with this key are served (anonymous ones are refused).
+    (
+        umask 077
+        cat >"$SW_S3_CONFIG" <<EOF
+{
+  "identities": [
+    {
+      "name": "$S3_ACCESS_KEY",
+      "credentials": [{"accessKey": "$S3_ACCESS_KEY", "secretKey": "$S3_SECRET_KEY"}],
+      "actions": ["Admin", "Read", "List", "Tagging", "Write"]
+    }
+  ]
+}
+EOF
+    )
+    # SeaweedFS also reads master.toml, filer.toml and security.toml from /etc/seaweedfs and
+    # /usr/local/etc/seaweedfs (HOME and the working directory are ours); say so if any exist.
+    local f
+    for f in /etc/seaweedfs/*.toml /usr/local/etc/seaweedfs/*.toml; do
+        [[ -e $f ]] && log "WARNING: SeaweedFS will also read $f"
+    done
+    return 0
+}
+
+# s3_probe [ready.py options...]: a signed S3 request with our keys; see ready.py for the exit codes.
+s3_probe() {
+    probe s3 "$S3_PORT" --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" \
+        --region "$S3_REGION" --bucket "$S3_BUCKET" "$@"
+}
+
+# The reason a quiet probe failed, on stderr.
+s3_probe_reason() { s3_probe "$@" >/dev/null || true; }
+
+sw_start() {
+    sw_ports
+    sw_build_locked
+    sw_write_config
+    local pid rc=0 port
+    log "starting SeaweedFS with S3 on $HOST:$S3_PORT, master/volume/filer/admin on $HOST:$SW_MASTER_PORT-$SW_ADMIN_PORT (data in .state/seaweedfs/data)"
+    printf '\n=== %s start\n' "$(date -Is)" >>"$SW_LOG"
+    (
+        exec 9>&-
+        cd -- "$SW_DIR"
+        # A clean environment: no inherited WEED_* settings, AWS_* credentials or proxies; HOME is
+        # ours so that no ~/.seaweedfs/*.toml applies.
+        exec env -i PATH="/usr/bin:/bin" HOME="$SW_DIR" TZ=UTC \
+            setsid "$SW_BIN" -logtostderr mini \
+            -dir="$SW_DATA" \
+            -ip="$HOST" -ip.bind="$HOST" \
+            -master.port="$SW_MASTER_PORT" \
+            -volume.port="$SW_VOLUME_PORT" \
+            -filer.port="$SW_FILER_PORT" \
+            -admin.port="$SW_ADMIN_PORT" -admin.port.legacy=0 -admin.ui=false \
+            -s3.port="$S3_PORT" \
+            -s3.config="$SW_S3_CONFIG" -s3.iam=false -s3.autoCreateBucket=false \
+            -s3.port.iceberg=0 -s3.port.lance=0 \
+            -webdav=false \
+            -master.telemetry=false \
+            -filer.localSocket="$SW_DIR/filer.sock" -s3.localSocket="$SW_DIR/s3.sock" \
+            </dev/null >>"$SW_LOG" 2>&1
+    ) &
+    pid=$!
+    printf '%s\n' "$pid" >"$SW_PIDFILE"
+    printf '%s\n' "$SW_PORTS_ID" >"$SW_PIDFILE.port"
+    s3_probe --create-bucket --wait "$WAIT_S" --pid "$pid" -q || rc=$?
+    if ((rc != 0)); then
+        show_log_tail "$SW_LOG"
+        case $rc in
+            3) die "SeaweedFS exited during startup (log above: ${SW_LOG#"$REPO"/})" ;;
+            2)
+                s3_probe_reason --create-bucket
+                die "something that is not our SeaweedFS answers on $HOST:$S3_PORT (above), or it refuses our keys"
+                ;;
+            *) die "SeaweedFS did not answer a signed S3 request within ${WAIT_S}s (log above; pid $pid may still be starting: '$0 down' stops it)" ;;
+        esac
+    fi
+    for port in "$S3_PORT" "$SW_MASTER_PORT" "$SW_VOLUME_PORT" "$SW_FILER_PORT" "$SW_ADMIN_PORT"; do
+        warn_if_not_loopback SeaweedFS "$port"
+        warn_if_not_loopback SeaweedFS "$((port + 10000))"
+    done
+    log "SeaweedFS is up (pid $pid), bucket $S3_BUCKET ready"
+}
+
+sw_stop() {
+    local pid
+    if pid=$(our_pid seaweedfs "$SW_PIDFILE"); then
+        log "stopping SeaweedFS (pid $pid)"
+        stop_pid SeaweedFS "$pid"
+        rm -f -- "$SW_PIDFILE"
+    else
+        local rc=0
+        s3_probe -q || rc=$?
+        if ((rc == 0 || rc == 4)); then
+            log "the S3 server on $HOST:$S3_PORT was not started by this script; leaving it alone"
+        else
+            log "SeaweedFS is not running"
+        fi
+    fi
+}
+
+# Reuse an S3 server that already accepts our keys on the port; otherwise start ours. Either way the
+# bucket exists afterwards.
+s3_up() {
+    local pid rc=0
+    sw_ports
+    if pid=$(our_pid seaweedfs "$SW_PIDFILE"); then
+        check_port "SeaweedFS (pid $pid)" "$SW_PIDFILE.port" "$SW_PORTS_ID"
+        s3_probe --create-bucket -q || rc=$?
+        ((rc == 0)) && return 0
+        if ((rc == 2)); then
+            s3_probe_reason --create-bucket
+            die "SeaweedFS (pid $pid) is running, but $HOST:$S3_PORT does not answer as our S3 server (above)"
+        fi
+        log "SeaweedFS (pid $pid) is running but not answering yet; waiting"
+        rc=0
+        s3_probe --create-bucket --wait "$WAIT_S" --pid "$pid" -q || rc=$?
+        ((rc == 0)) && return 0
+        show_log_tail "$SW_LOG"
+        die "SeaweedFS (pid $pid) does not answer a signed S3 request; try: $0 restart-s3"
+    fi
+    s3_probe --create-bucket -q || rc=$?
+    case $rc in
+        0)
+            log "reusing the S3 server already answering on $HOST:$S3_PORT with our keys (not started by this script)"
+            warn_if_not_loopback S3 "$S3_PORT"
+            return 0
+            ;;
+        2)
+            s3_probe_reason --create-bucket
+            die "port $HOST:$S3_PORT is taken by something that is not an S3 server accepting our keys (above); set IMAGED_LOCAL_S3_PORT"
+            ;;
+        *) ;;
+    esac
+    sw_start
+}
+
+# What a client needs, as shell assignments (boto3 >= 1.28 and the other AWS SDKs read them).
+print_s3_env() { # indent
+    printf '%sAWS_ENDPOINT_URL_S3=%s AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%s AWS_DEFAULT_REGION=%s\n' \
+        "$1" "$S3_URL" "$S3_ACCESS_KEY" "$S3_SECRET_KEY" "$S3_REGION"
+    printf '%sbucket: %s; addressing: path-style (http://%s:%s/%s/KEY)\n' "$1" "$S3_BUCKET" "$HOST" "$S3_PORT" "$S3_BUCKET"
+}
+
+# ---------------------------------------------------------------------------------------------
 
 print_urls() {
     printf 'amqp: %s\n' "$AMQP_URL"
     printf 'mongodb: %s\n' "$MONGO_URL"
+    if s3_enabled; then printf 's3: %s\n' "$S3_URL"; fi
 }
 
 cmd_up() {
-    with_lock
     local t0
     t0=$(ms_now)
+    if s3_enabled; then
+        sw_ports
+        # Build before taking the services lock, unless our server is running (then `up` reuses it;
+        # `restart-s3` picks up a new pin).
+        our_pid seaweedfs "$SW_PIDFILE" >/dev/null || sw_build_locked
+    fi
+    with_lock
     rmq_up
     mongo_up
+    if s3_enabled; then s3_up; fi
     log "ready in $(($(ms_now) - t0)) ms"
     print_urls
 }
@@ -581,6 +850,8 @@ cmd_down() {
     with_lock
     rmq_stop
     mongo_stop
+    sw_ports
+    sw_stop
 }
 
 cmd_status() {
@@ -606,6 +877,24 @@ cmd_status() {
         printf 'mongodb:  down %s\n' "$MONGO_URL"
         down=1
     fi
+    rc=0
+    sw_ports
+    s3_probe -q || rc=$?
+    if pid=$(our_pid seaweedfs "$SW_PIDFILE"); then owner="seaweedfs pid $pid, started by services.sh"; else owner="not started by services.sh"; fi
+    case $rc in
+        0) printf 's3:       up   %s (%s)\n' "$S3_URL" "$owner" ;;
+        4) printf 's3:       up   %s (%s), but bucket %s is missing: run up\n' "$S3_URL" "$owner" "$S3_BUCKET" ;;
+        *)
+            if s3_enabled; then
+                printf 's3:       down %s\n' "$S3_URL"
+                down=1
+            else
+                printf 's3:       off  %s (IMAGED_LOCAL_S3=%s)\n' "$S3_URL" "$S3_ENABLED"
+            fi
+            ;;
+    esac
+    if ((rc == 0 || rc == 4)); then print_s3_env '          '; fi
+    ((rc != 4)) || down=1
     return "$down"
 }
 
@@ -635,6 +924,19 @@ cmd_restart_mongo() {
     printf 'mongodb: %s\n' "$MONGO_URL"
 }
 
+cmd_restart_s3() {
+    with_lock
+    sw_ports
+    if ! our_pid seaweedfs "$SW_PIDFILE" >/dev/null; then
+        local rc=0
+        s3_probe -q || rc=$?
+        ((rc != 0 && rc != 4)) || die "the S3 server on $HOST:$S3_PORT was not started by this script; cannot restart it"
+    fi
+    sw_stop
+    sw_start
+    printf 's3: %s\n' "$S3_URL"
+}
+
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 main() {
@@ -645,6 +947,7 @@ main() {
         status) cmd_status ;;
         restart-rabbitmq) cmd_restart_rabbitmq ;;
         restart-mongo) cmd_restart_mongo ;;
+        restart-s3) cmd_restart_s3 ;;
         help | -h | --help) usage ;;
         *)
             usage >&2

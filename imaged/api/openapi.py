@@ -115,8 +115,20 @@ def _components() -> dict[str, Any]:
             "kind": {"type": "string"},
             "title": {"type": "string"},
             "available": {"type": "boolean", "description": "the daemon has credentials for its provider"},
+            "family": {"type": "string", "description": "the provider's protocol family"},
+            "aliases": {"type": "array", "items": {"type": "string"}},
             "defaults": {"type": "object"},
-            "limits": {"type": "object"},
+            "accepts": {
+                "type": "object",
+                "description": "what a request may ask: prompt (characters), negative_prompt, n [min, max], "
+                "size (sides, pixels, ratio, choices, tiers), images [min, max] input images",
+            },
+            "sizes": {"type": "string", "description": "the size rule in words"},
+            "price": {
+                "type": "object",
+                "description": "per_image, tiers (by size tier), or per_point (provider points); basis; currency",
+            },
+            "limits": {"type": "object", "description": "imaged 0.1's form of accepts"},
             "price_per_image": {"type": "number"},
             "currency": {"type": "string"},
         },

@@ -135,7 +135,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    models = tuple(sorted(deps(request).catalog.models))
+    models = tuple(deps(request).catalog.names())
     return web.json_response(openapi_document(models), dumps=dumps)
 
 

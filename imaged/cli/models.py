@@ -16,8 +16,13 @@ from .output import echo_json, echo_table, fail
 FIELDS = (
     "name",
     "provider",
+    "family",
     "kind",
     "title",
+    "aliases",
+    "sizes",
+    "accepts",
+    "price",
     "price_per_image",
     "currency",
     "configured",
@@ -57,16 +62,22 @@ async def models(settings: Settings, as_json: bool) -> int:
     if as_json:
         echo_json(rows)
         return EXIT_OK
-    for row in rows:
-        row["price"] = f"{row['price_per_image']:g} {row['currency']}"
+    for row, spec in zip(
+        rows, sorted(catalog.models.values(), key=lambda s: (s.provider, s.name)), strict=True
+    ):
+        row["price"] = spec.price.describe()
+        row["images"] = "-".join(map(str, sorted(set(spec.accepts.n))))
         row["keys"] = "yes" if row["configured"] else "no"
     echo_table(
         rows,
         [
             ("name", "model"),
             ("provider", "provider"),
+            ("family", "family"),
             ("kind", "kind"),
-            ("price", "price/image"),
+            ("sizes", "sizes"),
+            ("images", "n"),
+            ("price", "price"),
             ("keys", "keys"),
         ],
     )

@@ -40,6 +40,7 @@ class Credential:
 #: images a task may keep at most, whatever it asked for
 MAX_IMAGES_PER_TASK = 16
 DEFAULT_IMAGE_SIDE_MAX = 8192
+IMAGE_SIDE_CEILING = 16384
 
 
 class ProviderState(StrEnum):
@@ -189,15 +190,11 @@ class Provider(abc.ABC):
 
     def image_side_max(self, spec: ModelSpec, params: dict[str, Any]) -> int:
         """The largest width or height an image of this task may have: a provider that delivers more is broken
-        or hostile (and a huge image costs memory and disk). From the catalog's ``output_side_max``, else four
-        times its ``side_max`` (room for upscaling models), else 8192."""
-        explicit = spec.limits.get("output_side_max")
-        if isinstance(explicit, int) and explicit > 0:
-            return explicit
-        side_max = spec.limits.get("side_max")
-        if isinstance(side_max, int) and side_max > 0:
-            return 4 * side_max
-        return DEFAULT_IMAGE_SIDE_MAX
+        or hostile (and a huge image costs memory and disk). Four times the longest side the catalog's size rule
+        allows (room for upscaling models), at most 16384; 8192 for a model without a size rule."""
+        rule = spec.accepts.size
+        largest = rule.largest_side() if rule is not None else 0
+        return min(4 * largest, IMAGE_SIDE_CEILING) if largest else DEFAULT_IMAGE_SIDE_MAX
 
     @abc.abstractmethod
     async def submit(self, credential: Credential, spec: ModelSpec, params: dict[str, Any]) -> str:

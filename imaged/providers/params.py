@@ -4,24 +4,29 @@ Each provider keeps its parameter models (pydantic, strict types) next to its cl
 pydantic ``ValidationError`` into one :class:`imaged.errors.InvalidRequest` whose message names each bad field
 the way the request spells it, e.g. ``parameters.size: each side must be 512..1440 (got 2000*1024)``.
 
-Catalog limits (``spec.limits``) reach the validators through the validation context: ``{"limits": {...}}``.
+What a model accepts (``spec.accepts`` in the catalog: prompt length, image count, size rule, input images)
+reaches the validators through the validation context, ``{"accepts": Accepts}``; the checks here read it, so a
+new model of a known family needs a catalog entry, not code.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ValidationError, ValidationInfo
 from pydantic_core import ErrorDetails
 
+from ..catalog import Accepts, parse_size
 from ..errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
 N = TypeVar("N", int, float)
 
 _GOT_MAX_CHARS = 60
+_SIZE_X = re.compile(r"^\d+\s*[xX×]\s*\d+$")
 
 
 def between(low: N, high: N) -> AfterValidator:
@@ -46,28 +51,80 @@ def one_of(*choices: int) -> AfterValidator:
     return AfterValidator(check)
 
 
-def limit(info: ValidationInfo, key: str, default: int) -> int:
-    """A catalog limit from the validation context, else ``default``."""
+def accepts_of(info: ValidationInfo) -> Accepts:
+    """The model's catalog ``accepts`` from the validation context (the defaults when validating without one)."""
     context = info.context if isinstance(info.context, Mapping) else {}
-    limits = context.get("limits")
-    if isinstance(limits, Mapping):
-        value = limits.get(key, default)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return default
+    found = context.get("accepts")
+    return found if isinstance(found, Accepts) else Accepts()
 
 
-def check_text(value: str, info: ValidationInfo, key: str, default_max: int, *, required: bool) -> str:
-    """A prompt-like text: not blank when required, at most ``limits[key]`` characters.
+def check_text(value: str, info: ValidationInfo, *, negative: bool = False, required: bool = True) -> str:
+    """A prompt (or negative prompt): not blank when required, at most the catalog's number of characters.
 
     Prompts longer than the limit are rejected, not truncated: the providers truncate silently, and an image
     made from a cut prompt is a silent surprise.
     """
     if required and not value.strip():
         raise ValueError("must not be empty")
-    maximum = limit(info, key, default_max)
+    accepts = accepts_of(info)
+    maximum = (accepts.negative_prompt or accepts.prompt) if negative else accepts.prompt
     if len(value) > maximum:
         raise ValueError(f"must be at most {maximum} characters (got {len(value)} characters)")
+    return value
+
+
+def check_count(value: int, info: ValidationInfo) -> int:
+    """The number of images asked for, within the catalog's ``n``."""
+    low, high = accepts_of(info).n
+    if not low <= value <= high:
+        raise ValueError(f"must be {low}..{high}" if low != high else f"must be {low} for this model")
+    return value
+
+
+def check_side(value: int, info: ValidationInfo) -> int:
+    """One side (width or height) within the catalog's ``size.sides``; the other rules need both sides."""
+    rule = accepts_of(info).size
+    if rule is not None and rule.sides is not None and not rule.sides[0] <= value <= rule.sides[1]:
+        raise ValueError(f"must be {rule.sides[0]}..{rule.sides[1]}")
+    return value
+
+
+def check_size(width: int, height: int, info: ValidationInfo) -> None:
+    """An output size within the catalog's size rule (no rule: anything the provider takes)."""
+    rule = accepts_of(info).size
+    problem = rule.problem(width, height) if rule is not None else None
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def check_size_text(value: str, info: ValidationInfo) -> str:
+    """A ``"W*H"`` size (or a tier name such as ``"1K"`` where the model has tiers) within the catalog's rule."""
+    rule = accepts_of(info).size
+    if rule is not None and value in rule.tiers:
+        return value
+    parsed = parse_size(value)
+    if parsed is None:
+        if _SIZE_X.match(value):
+            raise ValueError("must be 'W*H' with '*', as the API requires (e.g. 1024*1024), not 'x'")
+        tiers = f" or one of {', '.join(rule.tiers)}" if rule is not None and rule.tiers else ""
+        raise ValueError(f"must be 'W*H' (e.g. 1024*1024){tiers}")
+    check_size(*parsed, info)
+    return value
+
+
+def check_image_urls(value: list[str], info: ValidationInfo, *, data_uris: bool = False) -> list[str]:
+    """Input images: public URLs the provider fetches (imaged never does), as many as the catalog allows."""
+    allowed = accepts_of(info).images or (0, 0)
+    if not allowed[0] <= len(value) <= allowed[1]:
+        if allowed[1] == 0:
+            raise ValueError("this model takes no input images")
+        raise ValueError(f"must hold {allowed[0]}..{allowed[1]} images (got {len(value)})")
+    schemes = ("http://", "https://", "data:image/") if data_uris else ("http://", "https://")
+    for url in value:
+        if not url.startswith(schemes):
+            raise ValueError(
+                "each image must be a public http(s) URL" + (" or a data:image/ URI" if data_uris else "")
+            )
     return value
 
 
@@ -166,14 +223,14 @@ def validate_model(
     model: type[M],
     data: Any,
     *,
-    limits: Mapping[str, Any] | None = None,
+    accepts: Accepts | None = None,
     context: Mapping[str, Any] | None = None,
     prefix: str = "parameters",
     where: Mapping[str, str] | None = None,
 ) -> M:
-    """Validate ``data`` with ``model`` (catalog ``limits`` in the context) or raise ``InvalidRequest``."""
+    """Validate ``data`` with ``model`` (the catalog's ``accepts`` in the context) or raise ``InvalidRequest``."""
     full_context: dict[str, Any] = dict(context or {})
-    full_context["limits"] = dict(limits or {})
+    full_context["accepts"] = accepts or Accepts()
 
     def allowed(loc: tuple[int | str, ...]) -> list[str] | None:
         return field_names(model) if not loc else None

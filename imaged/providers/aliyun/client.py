@@ -10,11 +10,11 @@ from pydantic import AliasChoices, Field, SecretStr
 
 from ...catalog import ModelSpec
 from ...contract import ErrorCategory
-from ...errors import InvalidRequest
+from ...errors import ConfigError, InvalidRequest
 from ..base import Credential, PollResult, Provider, ProviderSettings, provider_config, request_json
 from ..params import validate_model
 from .errors import error_from_reply, malformed
-from .params import PARAMS_BY_KIND, SIZE_RE, request_body
+from .params import FAMILIES, PARAMS, family_of, output_size, request_body
 from .replies import parse_task
 
 log = logging.getLogger(__name__)
@@ -71,23 +71,41 @@ class AliyunProvider(Provider):
             for number, key in enumerate(usable, start=1)
         ]
 
+    @classmethod
+    def check_model(cls, spec: ModelSpec) -> None:
+        family = family_of(spec)
+        if family not in FAMILIES:
+            raise ConfigError(
+                f"model {spec.name!r}: family must be one of {', '.join(FAMILIES)} (got {family!r})"
+            )
+        model = PARAMS.get((family, spec.kind))
+        if model is None:
+            raise ConfigError(f"model {spec.name!r}: the {family} family serves no kind {spec.kind!r}")
+        if spec.options:
+            raise ConfigError(f"model {spec.name!r}: DashScope models take no options")
+        if "size" in model.model_fields:
+            size = spec.defaults.get("size")
+            if not isinstance(size, str):
+                raise ConfigError(f"model {spec.name!r}: defaults.size is required (models differ in theirs)")
+            try:
+                validate_model(model, {"prompt": "x", "size": size}, accepts=spec.accepts)
+            except InvalidRequest as exc:
+                raise ConfigError(f"model {spec.name!r}: defaults.size: {exc.message}") from None
+
     def validate(self, spec: ModelSpec, parameters: dict[str, Any]) -> dict[str, Any]:
-        model = PARAMS_BY_KIND.get(spec.kind)
+        model = PARAMS.get((family_of(spec), spec.kind))
         if model is None:
             raise InvalidRequest(f"model {spec.name!r}: provider aliyun does not serve kind {spec.kind!r}")
         data = dict(parameters)
         for key, value in spec.defaults.items():
             if key in model.model_fields:
                 data.setdefault(key, value)
-        validated = validate_model(model, data, limits=spec.limits)
+        validated = validate_model(model, data, accepts=spec.accepts)
         return validated.model_dump(mode="json", exclude_none=True)
 
     def describe(self, spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
-        width = height = None
-        match = SIZE_RE.match(str(params.get("size", "")))
-        if match:
-            width, height = int(match.group(1)), int(match.group(2))
-        described = {"prompt": params.get("prompt"), "width": width, "height": height}
+        size = output_size(spec, params)
+        described = {"prompt": params.get("prompt"), "width": size and size[0], "height": size and size[1]}
         return {key: value for key, value in described.items() if value is not None}
 
     def _headers(self, credential: Credential, *, json_body: bool) -> dict[str, str]:

@@ -1,8 +1,15 @@
-"""DashScope request parameters: one strict model per kind of work, and the submit body."""
+"""DashScope request parameters: one strict model per (family, kind), and the submit body of each family.
+
+Requests give parameters flat, as the original service took them (``prompt``, ``size``, ``n``, ...); the limits
+come from the catalog's ``accepts``. Two families (``providers.md``, "Model families, 2026"):
+
+- ``classic``: ``text2image`` / ``image2image`` ``image-synthesis``; body ``{"model", "input", "parameters"}``.
+- ``messages``: ``image-generation/generation``; the prompt and input images become one user message, and
+  ``negative_prompt`` moves from ``input`` to ``parameters``.
+"""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -17,60 +24,63 @@ from pydantic import (
     model_validator,
 )
 
-from ...catalog import ModelSpec
-from ..params import between, check_text, limit
+from ...catalog import ModelSpec, parse_size
+from ..params import between, check_count, check_image_urls, check_size_text, check_text
 
 SEED_MAX = 2147483647
-
-SIZE_RE = re.compile(r"^(\d+)\*(\d+)$")
-_SIZE_X_RE = re.compile(r"^\d+\s*[xX×]\s*\d+$")
+FAMILIES = ("classic", "messages")
 
 Seed = Annotated[StrictInt, between(0, SEED_MAX)]
 
 
-class TextToImageParams(BaseModel):
-    """Parameters of the wanx text-to-image models (``kind = "text-to-image"``)."""
+class _Common(BaseModel):
+    """What every DashScope model takes: a prompt, a count, a seed, a watermark switch."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: StrictStr
-    negative_prompt: StrictStr | None = None
-    size: StrictStr = "1024*1024"
     n: StrictInt = 1
     seed: Seed | None = None
-    prompt_extend: StrictBool | None = None
     watermark: StrictBool | None = None
 
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str, info: ValidationInfo) -> str:
-        return check_text(value, info, "prompt_max", 800, required=True)
-
-    @field_validator("negative_prompt")
-    @classmethod
-    def _negative_prompt(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else check_text(value, info, "negative_prompt_max", 500, required=False)
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, value: str, info: ValidationInfo) -> str:
-        low, high = limit(info, "side_min", 512), limit(info, "side_max", 1440)
-        match = SIZE_RE.match(value)
-        if match is None:
-            if _SIZE_X_RE.match(value):
-                raise ValueError("must be 'W*H' with '*', as the API requires (e.g. 1024*1024), not 'x'")
-            raise ValueError("must be 'W*H' (e.g. 1024*1024)")
-        if not all(low <= int(side) <= high for side in match.groups()):
-            raise ValueError(f"each side must be {low}..{high}")
-        return value
+        return check_text(value, info)
 
     @field_validator("n")
     @classmethod
     def _n(cls, value: int, info: ValidationInfo) -> int:
-        high = limit(info, "n_max", 4)
-        if not 1 <= value <= high:
-            raise ValueError(f"must be 1..{high}")
-        return value
+        return check_count(value, info)
+
+
+class TextToImageParams(_Common):
+    """Text-to-image (classic and messages): wan2.x, wanx2.x, qwen-image."""
+
+    negative_prompt: StrictStr | None = None
+    size: StrictStr | None = None  # the catalog's default is always there: models differ in their own
+    prompt_extend: StrictBool | None = None
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_prompt(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_text(value, info, negative=True, required=False)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_size_text(value, info)
+
+
+class ImageToImageParams(TextToImageParams):
+    """Image-to-image with input images (wan2.5-i2i-preview, wan2.6-image): URLs or data URIs, never fetched."""
+
+    images: list[StrictStr] = []
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return check_image_urls(value, info, data_uris=True)
 
 
 ImageEditFunction = Literal[
@@ -89,17 +99,12 @@ ImageEditFunction = Literal[
 Scale = Annotated[StrictFloat, between(1.0, 2.0)]
 
 
-class ImageEditParams(BaseModel):
-    """Parameters of ``wanx2.1-imageedit`` (kind ``image-edit``). Image URLs are passed on, never fetched."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
+class ImageEditParams(_Common):
+    """``wanx2.1-imageedit`` (kind ``image-edit``). Image URLs are passed on, never fetched."""
 
     function: ImageEditFunction
-    prompt: StrictStr
     base_image_url: StrictStr
     mask_image_url: StrictStr | None = None
-    n: StrictInt = 1
-    seed: Seed | None = None
     strength: Annotated[StrictFloat, between(0.0, 1.0)] | None = None
     upscale_factor: Annotated[StrictInt, between(1, 4)] | None = None
     top_scale: Scale | None = None
@@ -107,26 +112,12 @@ class ImageEditParams(BaseModel):
     left_scale: Scale | None = None
     right_scale: Scale | None = None
     is_sketch: StrictBool | None = None
-    watermark: StrictBool | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, value: str, info: ValidationInfo) -> str:
-        return check_text(value, info, "prompt_max", 800, required=True)
 
     @field_validator("base_image_url", "mask_image_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://", "oss://")):
             raise ValueError("must be an http(s) (or oss://) URL of the image")
-        return value
-
-    @field_validator("n")
-    @classmethod
-    def _n(cls, value: int, info: ValidationInfo) -> int:
-        high = limit(info, "n_max", 4)
-        if not 1 <= value <= high:
-            raise ValueError(f"must be 1..{high}")
         return value
 
     @model_validator(mode="after")
@@ -136,19 +127,47 @@ class ImageEditParams(BaseModel):
         return self
 
 
-# Keys that go into the request's ``input`` object; every other parameter goes into ``parameters``.
-INPUT_KEYS = frozenset({"prompt", "negative_prompt", "function", "base_image_url", "mask_image_url"})
-
-PARAMS_BY_KIND: dict[str, type[BaseModel]] = {
-    "text-to-image": TextToImageParams,
-    "image-edit": ImageEditParams,
+PARAMS: dict[tuple[str, str], type[_Common]] = {
+    ("classic", "text-to-image"): TextToImageParams,
+    ("classic", "image-to-image"): ImageToImageParams,
+    ("classic", "image-edit"): ImageEditParams,
+    ("messages", "text-to-image"): TextToImageParams,
+    ("messages", "image-to-image"): ImageToImageParams,
 }
+
+# Keys that go into a classic request's ``input`` object; every other parameter goes into ``parameters``.
+INPUT_KEYS = frozenset(
+    {"prompt", "negative_prompt", "function", "base_image_url", "mask_image_url", "images"}
+)
+
+
+def family_of(spec: ModelSpec) -> str:
+    return spec.family or "classic"  # catalogs of imaged 0.1 name no family
 
 
 def request_body(spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
-    """The submit body: ``{"model", "input": {...}, "parameters": {...}}``."""
+    """The submit body of the model's family."""
+    if family_of(spec) == "messages":
+        content: list[dict[str, str]] = [{"text": params["prompt"]}]
+        content += [{"image": url} for url in params.get("images", [])]
+        return {
+            "model": spec.name,
+            "input": {"messages": [{"role": "user", "content": content}]},
+            "parameters": {k: v for k, v in params.items() if k not in ("prompt", "images")},
+        }
     return {
         "model": spec.name,
         "input": {key: value for key, value in params.items() if key in INPUT_KEYS},
         "parameters": {key: value for key, value in params.items() if key not in INPUT_KEYS},
     }
+
+
+def output_size(spec: ModelSpec, params: dict[str, Any]) -> tuple[int, int] | None:
+    """The size a request asked for (a tier resolved through the catalog), if it names one."""
+    size = params.get("size")
+    if not isinstance(size, str):
+        return None
+    rule = spec.accepts.size
+    if rule is not None and size in rule.tiers:
+        size = rule.tiers[size]
+    return parse_size(size)

@@ -11,6 +11,7 @@ from ...catalog import ModelSpec
 from ...contract import ErrorCategory
 from ...errors import ConfigError, InvalidRequest, ProviderError
 from ..base import (
+    MAX_IMAGES_PER_TASK,
     Credential,
     PollResult,
     Provider,
@@ -21,15 +22,15 @@ from ..base import (
 )
 from ..params import got, validate_model
 from .errors import envelope_data, malformed
-from .params import ASPECT_SIZES, BASE_MODEL_FAMILIES, OFFICIAL_F1_CHECKPOINT, PARAMS_BY_KIND, merge
-from .routes import LiblibOptions, route
+from .lines import comfy_batch, comfy_size
+from .params import ASPECT_SIZES, BASE_MODEL_FAMILIES, OFFICIAL_F1_CHECKPOINT, merge
+from .routes import STATUS_PATHS, LiblibOptions, fixed_params, params_model, route
 from .signing import signed_query
 from .status import parse_status
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LIBLIBAI_BASE_URL = "https://openapi.liblibai.cloud"
-STATUS_PATH = "/api/generate/webui/status"
 
 
 class LiblibSettings(ProviderSettings):
@@ -97,15 +98,31 @@ class LiblibProvider(Provider):
         try:
             options = LiblibOptions.model_validate(spec.options)
         except ValidationError as exc:
-            raise ConfigError(f"model {spec.name!r}: options: {exc.errors()[0]['msg']}") from None
-        if spec.kind != "custom" and not options.template:
+            problem = exc.errors(include_url=False)[0]
+            where = ".".join(map(str, problem["loc"]))
+            raise ConfigError(f"model {spec.name!r}: options.{where}: {problem['msg']}") from None
+        family = spec.family or "webui"
+        if family not in STATUS_PATHS:
+            raise ConfigError(
+                f"model {spec.name!r}: family must be one of {', '.join(STATUS_PATHS)} (got {family!r})"
+            )
+        line = options.line_of(spec)
+        if line == "kontext":
+            missing = {"t2i", "i2i"} - (options.endpoints.keys() & options.templates.keys())
+            if missing:
+                raise ConfigError(
+                    f"model {spec.name!r}: kontext needs options.endpoints and options.templates for t2i and i2i"
+                )
+        elif line not in ("custom", "comfyui") and not options.template:
             raise ConfigError(f"model {spec.name!r}: options.template (the templateUuid) is required")
+        if line == "qwen-image" and not options.checkpoint:
+            raise ConfigError(f"model {spec.name!r}: options.checkpoint (the fixed checkPointId) is required")
 
     def validate(self, spec: ModelSpec, parameters: dict[str, Any]) -> dict[str, Any]:
-        model = PARAMS_BY_KIND.get(spec.kind)
-        if model is None:
-            raise InvalidRequest(f"model {spec.name!r}: provider liblibai does not serve kind {spec.kind!r}")
-        custom = spec.kind == "custom"
+        options = LiblibOptions.model_validate(spec.options)
+        line = options.line_of(spec)
+        model = params_model(spec, options)
+        custom = line == "custom"
         merged, where, problems = merge(parameters, model, ("baseModelType",) if custom else ())
         for key, value in spec.defaults.items():
             if key in model.model_fields:
@@ -125,15 +142,25 @@ class LiblibProvider(Provider):
                 problems.append(
                     f"parameters.checkPointId: is required for baseModelType {base_type!r} (SD1.5/XL models)"
                 )
+        fixed = fixed_params(options)
+        for key in fixed:
+            if key in merged and merged[key] != fixed[key]:
+                problems.append(f"parameters.{key}: is fixed by model {spec.name!r} ({fixed[key]})")
+            merged.pop(key, None)
         try:
-            validated = validate_model(model, merged, limits=spec.limits, where=where)
+            validated = validate_model(model, merged, accepts=spec.accepts, where=where)
         except InvalidRequest as exc:
             problems.append(exc.message)
         if problems:
             raise InvalidRequest("; ".join(problems))
-        normalised["generateParams"] = validated.model_dump(mode="json", exclude_none=True)
+        normalised["generateParams"] = validated.model_dump(mode="json", exclude_none=True) | fixed
         route(spec, normalised)
         return normalised
+
+    def images_requested(self, spec: ModelSpec, params: dict[str, Any]) -> int:
+        if LiblibOptions.model_validate(spec.options).line_of(spec) == "comfyui":
+            return min(comfy_batch(params.get("generateParams", {})), MAX_IMAGES_PER_TASK)
+        return super().images_requested(spec, params)
 
     def describe(self, spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
         generate = params.get("generateParams", {})
@@ -143,6 +170,10 @@ class LiblibProvider(Provider):
             width, height = size.get("width"), size.get("height")
         elif generate.get("aspectRatio") in ASPECT_SIZES:
             width, height = ASPECT_SIZES[generate["aspectRatio"]]
+        elif (comfy := comfy_size(generate)) is not None:
+            width, height = comfy
+        elif width is None and (default := spec.default_size()) is not None:
+            width, height = default
         described = {"prompt": generate.get("prompt"), "width": width, "height": height}
         return {key: value for key, value in described.items() if value is not None}
 
@@ -168,6 +199,17 @@ class LiblibProvider(Provider):
         log.debug("%s: HTTP %s", what, reply.status)
         return envelope_data(reply, what)
 
+    async def _status(self, credential: Credential, paths: tuple[str, ...], task_id: str) -> dict[str, Any]:
+        """The task's status from the family's status path, or its fallback where the first is missing."""
+        for number, path in enumerate(paths, start=1):
+            try:
+                return await self._call(credential, path, {"generateUuid": task_id}, "LiblibAI status")
+            except ProviderError as exc:
+                if exc.provider_status != 404 or number == len(paths):
+                    raise
+                log.info("LiblibAI status path %s answered 404: trying %s", path, paths[number])
+        raise AssertionError("unreachable: the last path raises")
+
     async def submit(self, credential: Credential, spec: ModelSpec, params: dict[str, Any]) -> str:
         endpoint, template = route(spec, params)
         body = {"templateUuid": template, "generateParams": params["generateParams"]}
@@ -180,10 +222,9 @@ class LiblibProvider(Provider):
     async def poll(
         self, credential: Credential, spec: ModelSpec, provider_task_id: str, params: dict[str, Any]
     ) -> PollResult:
+        paths = STATUS_PATHS[spec.family or "webui"]
         try:
-            data = await self._call(
-                credential, STATUS_PATH, {"generateUuid": provider_task_id}, "LiblibAI status"
-            )
+            data = await self._status(credential, paths, provider_task_id)
         except ProviderError as exc:
             if exc.category is ErrorCategory.CONTENT_POLICY:
                 # 100055 on a status query is how the task ended (result blocked), not a failed call.

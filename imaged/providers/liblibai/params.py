@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from ...errors import InvalidRequest
-from ..params import between, check_text, field_names, got, limit, one_of
+from ..params import between, check_count, check_side, check_size, check_text, field_names, got, one_of
 
 #: the official F.1 checkpoint, used when a custom F.1 request names none (the catalog may override it)
 OFFICIAL_F1_CHECKPOINT = "412b427ddb674b4dbab9e5abd5ae6057"
@@ -30,19 +30,7 @@ ASPECT_SIZES: dict[str, tuple[int, int]] = {
 
 
 def _check_side(value: int | None, info: ValidationInfo) -> int | None:
-    if value is None:
-        return None
-    low, high = limit(info, "side_min", 512), limit(info, "side_max", 2048)
-    if not low <= value <= high:
-        raise ValueError(f"must be {low}..{high}")
-    return value
-
-
-def _check_count(value: int, info: ValidationInfo) -> int:
-    high = limit(info, "count_max", 4)
-    if not 1 <= value <= high:
-        raise ValueError(f"must be 1..{high}")
-    return value
+    return None if value is None else check_side(value, info)
 
 
 class ImageSize(BaseModel):
@@ -91,7 +79,7 @@ class Star3TextToImage(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str, info: ValidationInfo) -> str:
-        return check_text(value, info, "prompt_max", 2000, required=True)
+        return check_text(value, info)
 
     @field_validator("width", "height")
     @classmethod
@@ -101,10 +89,10 @@ class Star3TextToImage(BaseModel):
     @field_validator("imgCount")
     @classmethod
     def _count(cls, value: int, info: ValidationInfo) -> int:
-        return _check_count(value, info)
+        return check_count(value, info)
 
     @model_validator(mode="after")
-    def _size(self) -> Star3TextToImage:
+    def _size(self, info: ValidationInfo) -> Star3TextToImage:
         if (self.width is None) != (self.height is None):
             raise ValueError("give both width and height, or neither")
         if self.width is not None and self.height is not None:
@@ -120,6 +108,8 @@ class Star3TextToImage(BaseModel):
                     "the output size is required: give aspectRatio, or width and height (or imageSize)"
                 )
             self.aspectRatio = self.default_aspect
+        if self.imageSize is not None:
+            check_size(self.imageSize.width, self.imageSize.height, info)
         return self
 
 
@@ -205,22 +195,19 @@ class CustomParams(BaseModel):
     def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        return check_text(value, info, "prompt_max", 2000, required=info.field_name == "prompt")
+        return check_text(
+            value, info, negative=info.field_name != "prompt", required=info.field_name == "prompt"
+        )
 
     @field_validator("width", "height")
     @classmethod
     def _side(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is None:
-            return None
-        low, high = limit(info, "side_min", 128), limit(info, "side_max", 1536)
-        if not low <= value <= high:
-            raise ValueError(f"must be {low}..{high}")
-        return value
+        return _check_side(value, info)
 
     @field_validator("imgCount")
     @classmethod
     def _count(cls, value: int, info: ValidationInfo) -> int:
-        return _check_count(value, info)
+        return check_count(value, info)
 
     @field_validator("sourceImage")
     @classmethod
@@ -236,12 +223,6 @@ BASE_MODEL_FAMILIES: dict[str, str] = {
     "sd1.5": "sd",
     "xl": "sd",
     "sdxl": "sd",
-}
-
-PARAMS_BY_KIND: dict[str, type[BaseModel]] = {
-    "text-to-image": Star3TextToImage,
-    "image-to-image": Star3ImageToImage,
-    "custom": CustomParams,
 }
 
 
