@@ -32,6 +32,7 @@ run: services  ## start everything and the daemon (the emulator when no provider
 lint: $(STAMP)
 	$(VENV)/bin/ruff check imaged tests
 	$(VENV)/bin/ruff format --check imaged tests
+	$(VENV)/bin/shellcheck --norc --shell=bash --severity=style $(SERVICES)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -127,8 +127,15 @@ class ImageInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     index: int
-    url: str
-    local_path: str
+    url: str = Field(description="where the provider served it (such links expire)")
+    local_path: str | None = Field(None, description="the file, with local storage; null on S3")
+    storage_url: str | None = Field(
+        None, description="where imaged keeps it: file:///abs/path or s3://bucket/key"
+    )
+    download_url: str | None = Field(
+        None,
+        description="plain-HTTP link (presigned or public; fresh on every HTTP read); null for local files",
+    )
     seed: int | None = None
     auditStatus: int | None = None
     sha256: str

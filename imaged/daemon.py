@@ -34,10 +34,10 @@ from .diagnose import (
     database_reason,
     mask_url,
 )
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .events import BrokerEvents, EventPublisher
 from .httpserver import HttpLimits, make_runner
-from .images import ImageDownloader, is_orphan, leftover_parts
+from .images import ImageDownloader
 from .intake import Intake, Submitted
 from .job import JobDeps
 from .lane import Lane
@@ -51,6 +51,7 @@ from .redact import Redactor
 from .replicas import Replicas, replica_id
 from .settings import Settings
 from .shares import SharedShares
+from .storage import ImageStore, open_image_store
 from .store import CommandCounter, MongoTaskStore
 from .task import Task
 
@@ -78,9 +79,10 @@ class Daemon:
         provider_settings: Mapping[str, ProviderSettings] | None = None,
         catalog: Catalog | None = None,
         metrics: Metrics | None = None,
+        image_store: ImageStore | None = None,
     ) -> None:
         """``provider_settings`` replaces what a provider would read from the environment (the emulator's keys
-        and addresses, in tests and ``--simulate``)."""
+        and addresses, in tests and ``--simulate``); ``image_store`` the store the settings name."""
         self.settings = settings
         self.provider_settings = load_provider_settings(provider_settings)
         self.catalog = catalog or Catalog.load(settings.catalog_path)
@@ -100,8 +102,16 @@ class Daemon:
         self.shares = SharedShares(self.store.db["shares"], self.replicas)
         self.claims = MongoClaims(self.store.db["claims"], self.replicas)
         self.cancels = CancelBoard()
-        #: every secret of the core's and the providers' settings, kept out of what providers say
-        self.redactor = Redactor.from_models([settings, *self.provider_settings.values()])
+        #: a store given by the caller is the caller's to close
+        self._owns_images = image_store is None
+        try:
+            self.images = image_store or open_image_store(settings)
+        except StorageError as exc:
+            raise ConfigError(str(exc)) from None
+        #: every secret of the core's, the providers' and the image store's settings, kept out of what providers say
+        self.redactor = Redactor.from_models(
+            [settings, *self.provider_settings.values(), *self.images.settings_models()]
+        )
         self._stopping = asyncio.Event()
         self._draining = asyncio.Event()  # set first on shutdown: no new submits
         self._background: list[asyncio.Task[None]] = []
@@ -133,7 +143,11 @@ class Daemon:
             raise self._unusable("broker", exc) from None
         assert self.broker.channel is not None
         await self.broker.declare(self.broker.channel, list(self.providers))
-        await self._remove_stale_parts()
+        try:
+            await self.images.start()
+        except (StorageError, OSError) as exc:
+            raise ConfigError(f"image store: {exc}") from None
+        await self._sweep_images()
         # The HTTP app checks its authentication settings here: fail before any consumer starts.
         http_limits = HttpLimits(
             header_timeout_s=s.http_header_timeout_s, body_timeout_s=s.http_body_timeout_s
@@ -148,6 +162,7 @@ class Daemon:
             readiness=self.readiness,
             registry=self.metrics.registry,
             api_keys=ApiKeys(self.store.db["api_keys"]),
+            image_link=self.images.link,
         )
         self._runner = make_runner(create_app(api), http_limits, access_log=None)
         await self._runner.setup()
@@ -158,7 +173,7 @@ class Daemon:
         self.download_session = aiohttp.ClientSession(connector=guarded_connector(policy))
         downloader = ImageDownloader(
             self.download_session,
-            s.image_dir,
+            self.images,
             max_bytes=s.image_max_bytes,
             timeout_s=s.download_timeout_s,
             allowed_hosts=s.image_allowed_hosts,
@@ -270,6 +285,8 @@ class Daemon:
         for session in (self.session, self.download_session):
             if session is not None:
                 await session.close()
+        if self._owns_images:
+            await self.images.close()
         log.info("imaged stopped")
 
     async def run_until(self, stop: asyncio.Event) -> None:
@@ -307,20 +324,16 @@ class Daemon:
             )
         return providers
 
-    async def _remove_stale_parts(self) -> None:
-        """Partial downloads left by a crashed process; others may belong to a replica sharing the directory."""
-
-        def sweep() -> int:
-            removed = 0
-            for part in leftover_parts(self.settings.image_dir):
-                if is_orphan(part, STALE_PART_AGE_S):
-                    part.unlink(missing_ok=True)
-                    removed += 1
-            return removed
-
-        removed = await asyncio.to_thread(sweep)
+    async def _sweep_images(self) -> None:
+        """What crashed writers left in the image store (partial files, incomplete uploads): old enough that no
+        live replica can still be writing it."""
+        try:
+            removed = await self.images.sweep(STALE_PART_AGE_S)
+        except Exception as exc:  # noqa: BLE001 - the next pass tries again
+            log.warning("could not sweep the image store: %s", type(exc).__name__)
+            return
         if removed:
-            log.info("removed %d partial download(s) left by a crash", removed)
+            log.info("removed %d partial image(s) left by a crash", removed)
 
     async def _watch_connections(self) -> None:
         """Keep the connection gauges current, and consume again where the broker cancelled a consumer."""
@@ -359,7 +372,9 @@ class Daemon:
                     cutoff = utcnow() - timedelta(days=self.settings.retention_days)
                     # A claim outlives its task's deadline (a day at most) before it may go.
                     await self.claims.purge(before=min(cutoff, utcnow() - timedelta(seconds=STALE_CLAIM_S)))
-                    removed = await self.store.purge_finished(before=cutoff)
+                    delete = self.images.delete if self.settings.retention_delete_images else None
+                    removed = await self.store.purge_finished(before=cutoff, delete_images=delete)
+                    await self._sweep_images()
                     if removed:
                         log.info(
                             "removed %d finished task(s) older than %g days",

@@ -13,6 +13,10 @@ class ConfigError(ImagedError):
     """The configuration or the model catalog is unusable."""
 
 
+class StorageError(ImagedError):
+    """The image store cannot be used (``imaged check``, start): the message says why, without secrets."""
+
+
 class HandBack(ImagedError):
     """The job stops without an outcome: its message goes back to the queue, for this or another replica."""
 

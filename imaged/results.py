@@ -7,12 +7,14 @@ than it asked for, and pays for no more (``cost``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from . import retry
 from .catalog import ModelSpec, parse_size
 from .contract import ImageInfo, Result
 from .errors import DownloadError
+from .image_format import image_name, image_token
 from .images import ImageDownloader, SavedImage
 from .metrics import Metrics
 from .provider_output import ProviderOutput
@@ -32,7 +34,10 @@ async def collect(
     output: ProviderOutput,
 ) -> Result:
     """Download the images of a succeeded task and build its result; DownloadError if none could be had."""
-    when = datetime.now()  # local time, as the original service named its files
+    when = datetime.now()  # local time of completion, as the original service recorded it
+    # Names come from the task (its submit time, local as the original service's; a token of task and index),
+    # so that every run of the task writes its images under the same names.
+    named = (task.submitted_at or task.created_at).astimezone()
     images: list[ImageInfo] = []
     failed = list(poll.failed_images)
     wanted = provider.images_requested(spec, task.parameters)
@@ -42,8 +47,13 @@ async def collect(
         )
     side_max = provider.image_side_max(spec, task.parameters)
     for image in poll.images[:wanted]:
+        token = image_token(task.id, image.index)
+
+        def name_of(ext: str, index: int = image.index, token: str = token) -> str:
+            return image_name(provider.name, named, index, ext, token)
+
         try:
-            saved = await download(downloader, image.url, provider.name, image.index, when, side_max)
+            saved = await download(downloader, image.url, name_of, side_max)
         except DownloadError as exc:
             failed.append({"index": image.index, "code": exc.code, "message": exc.message})
             continue
@@ -52,7 +62,9 @@ async def collect(
             ImageInfo(
                 index=image.index,
                 url=output.image_url(image.url),
-                local_path=str(saved.path),
+                local_path=saved.local_path,
+                storage_url=saved.storage_url,
+                download_url=await downloader.store.link(saved.storage_url),
                 seed=image.seed,
                 auditStatus=image.audit_status,
                 sha256=saved.sha256,
@@ -88,14 +100,14 @@ async def collect(
 
 
 async def download(
-    downloader: ImageDownloader, url: str, provider: str, index: int, when: datetime, side_max: int
+    downloader: ImageDownloader, url: str, name_of: Callable[[str], str], side_max: int
 ) -> SavedImage:
     """One image, retried while its download fails in a way worth retrying (``retry.DOWNLOAD``)."""
     policy = retry.DOWNLOAD
     attempt = 0
     while True:
         try:
-            return await downloader.download(url, provider, index, when, side_max=side_max)
+            return await downloader.download(url, name_of, side_max=side_max)
         except DownloadError as exc:
             attempt += 1
             if not exc.retryable or policy.exhausted(attempt):

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     mongodb_db: str = Field("imaged", pattern=r"^[A-Za-z0-9_-]{1,63}$")
 
     # Images
+    storage: Literal["local", "s3"] = Field(
+        "local", description="where images are kept: local files (IMAGED_IMAGE_DIR) or a bucket (IMAGED_S3_*)"
+    )
     image_dir: Path = Path("data/images")
     image_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     image_allowed_hosts: list[str] = Field(
@@ -92,6 +95,9 @@ class Settings(BaseSettings):
     )
     retention_interval_s: float = Field(
         3600.0, gt=0, description="how often the retention pass runs (it reads many tasks)"
+    )
+    retention_delete_images: bool = Field(
+        False, description="retention also deletes the images (files or objects) of the tasks it removes"
     )
     submit_unknown_policy: Literal["resubmit", "fail"] = Field(
         "resubmit",

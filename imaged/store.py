@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, monitoring
@@ -19,6 +21,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from .batching import WriteBatcher
 from .contract import Status, utcnow
 from .task import Task
+
+#: deletes images by storage URL (the image store's ``delete``)
+DeleteImages = Callable[[list[str]], Awaitable[int]]
+#: tasks retention reads, deletes the images of, and deletes at a time
+PURGE_BATCH = 500
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +73,9 @@ class TaskStore(abc.ABC):
     async def count(self, *, owner: str | None = None, status: str | None = None) -> int: ...
 
     @abc.abstractmethod
-    async def purge_finished(self, *, before: datetime) -> int:
-        """Retention: delete tasks that finished before the cutoff (their images stay)."""
+    async def purge_finished(self, *, before: datetime, delete_images: DeleteImages | None = None) -> int:
+        """Retention: delete tasks that finished before the cutoff; their images too when ``delete_images`` is
+        given (called with their storage URLs before the tasks go, so no image outlives its task unseen)."""
 
     @staticmethod
     def update_for(
@@ -183,10 +191,20 @@ class MongoTaskStore(TaskStore):
         )
         return await self.get(task_id)
 
-    async def purge_finished(self, *, before: datetime) -> int:
+    async def purge_finished(self, *, before: datetime, delete_images: DeleteImages | None = None) -> int:
         terminal = [s.value for s in Status if s.terminal]
-        result = await self.tasks.delete_many({"finished_at": {"$lt": before}, "status": {"$in": terminal}})
-        return result.deleted_count
+        query = {"finished_at": {"$lt": before}, "status": {"$in": terminal}}
+        if delete_images is None:
+            result = await self.tasks.delete_many(query)
+            return result.deleted_count
+        removed = 0
+        while True:
+            batch = await self.tasks.find(query, {"_id": 1, "result.images": 1}).limit(PURGE_BATCH).to_list()
+            if not batch:
+                return removed
+            await delete_images([url for doc in batch for url in image_urls(doc)])
+            result = await self.tasks.delete_many({"_id": {"$in": [doc["_id"] for doc in batch]}})
+            removed += result.deleted_count
 
     async def list(
         self,
@@ -215,3 +233,18 @@ class MongoTaskStore(TaskStore):
         if status is not None:
             query["status"] = status
         return query
+
+
+def image_urls(doc: Mapping[str, Any]) -> list[str]:
+    """The storage URLs of a stored task's images (imaged 0.1 results have only ``local_path``)."""
+    result = doc.get("result")
+    images = result.get("images") if isinstance(result, Mapping) else None
+    urls: list[str] = []
+    for image in images if isinstance(images, list) else []:
+        if not isinstance(image, Mapping):
+            continue
+        if isinstance(image.get("storage_url"), str):
+            urls.append(image["storage_url"])
+        elif isinstance(image.get("local_path"), str) and Path(image["local_path"]).is_absolute():
+            urls.append(Path(image["local_path"]).as_uri())
+    return urls

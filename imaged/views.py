@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .catalog import Catalog, ModelSpec
@@ -30,6 +30,21 @@ def result_view(task: Task) -> dict[str, Any]:
         "result": task.result,
         "error": task.error,
     }
+
+
+async def with_fresh_links(
+    view: dict[str, Any], link: Callable[[str], Awaitable[str | None]] | None
+) -> dict[str, Any]:
+    """A result view whose images' ``download_url`` is made anew (presigned links expire)."""
+    result = view.get("result")
+    if link is None or not isinstance(result, dict) or not isinstance(result.get("images"), list):
+        return view
+    images = []
+    for image in result["images"]:
+        if isinstance(image, dict) and isinstance(image.get("storage_url"), str):
+            image = {**image, "download_url": await link(image["storage_url"])}
+        images.append(image)
+    return {**view, "result": {**result, "images": images}}
 
 
 def model_view(catalog: Catalog, available: Iterable[str]) -> list[dict[str, Any]]:

@@ -13,14 +13,27 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from imaged.daemon import Daemon
+from imaged.errors import StorageError
 from imaged.metrics import Metrics
 from imaged.providers.aliyun import AliyunProvider
 from imaged.providers.base import ProviderSettings
 from imaged.providers.liblibai import LiblibProvider
 from imaged.settings import Settings
 from imaged.simulator import Simulator, SimulatorConfig
+from imaged.storage import ImageStore
+from imaged.storage.s3 import S3Settings, S3Store
 
-from .support import AMQP_URL, MONGODB_URL, Bus, drop_namespace, new_namespace
+from .support import (
+    AMQP_URL,
+    MONGODB_URL,
+    S3_ACCESS_KEY_ID,
+    S3_BUCKET,
+    S3_ENDPOINT_URL,
+    S3_SECRET_ACCESS_KEY,
+    Bus,
+    drop_namespace,
+    new_namespace,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -116,9 +129,53 @@ def sim_providers(sim: Simulator, **overrides: object) -> dict[str, ProviderSett
     }
 
 
-def make_daemon(settings: Settings, sim: Simulator, **provider_overrides: object) -> Daemon:
+def make_daemon(
+    settings: Settings, sim: Simulator, *, image_store: ImageStore | None = None, **provider_overrides: object
+) -> Daemon:
     """A daemon of ``settings`` whose built-in providers talk to the emulator (see :func:`sim_providers`)."""
-    return Daemon(settings, provider_settings=sim_providers(sim, **provider_overrides), metrics=Metrics())
+    return Daemon(
+        settings,
+        provider_settings=sim_providers(sim, **provider_overrides),
+        metrics=Metrics(),
+        image_store=image_store,
+    )
+
+
+def s3_settings(prefix: str, **overrides: object) -> S3Settings:
+    """Settings of the local S3-compatible server (`make services`), images under ``prefix``."""
+    values: dict[str, object] = {
+        "bucket": S3_BUCKET,
+        "prefix": prefix,
+        "endpoint_url": S3_ENDPOINT_URL,
+        "region": "us-east-1",
+        "access_key_id": S3_ACCESS_KEY_ID,
+        "secret_access_key": SecretStr(S3_SECRET_ACCESS_KEY),
+        "force_path_style": True,
+    }
+    values.update(overrides)
+    return S3Settings.model_validate(values)
+
+
+@pytest.fixture
+async def s3_store(namespace: str) -> AsyncIterator[S3Store]:
+    """An S3 store on the local server, its images under ``<namespace>/images/``; emptied afterwards."""
+    store = S3Store(s3_settings(f"{namespace}/images/"))
+    await store.start()
+    try:
+        await store.check()
+    except StorageError as exc:
+        await store.close()
+        pytest.fail(f"the S3-compatible server is not ready ({exc}): run `make services`", pytrace=False)
+    yield store
+    await store.sweep(0)
+    paginator = store.client.get_paginator("list_objects_v2")
+    async for page in paginator.paginate(Bucket=store.bucket, Prefix=f"{namespace}/"):
+        keys = [item["Key"] for item in page.get("Contents", [])]
+        if keys:
+            await store.client.delete_objects(
+                Bucket=store.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
+            )
+    await store.close()
 
 
 @pytest.fixture

@@ -20,6 +20,11 @@ from imaged.providers import available_providers
 
 AMQP_URL = os.environ.get("IMAGED_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MONGODB_URL = os.environ.get("IMAGED_TEST_MONGODB_URL", "mongodb://127.0.0.1:27017")
+# The S3-compatible server of `make services` (SeaweedFS): path-style, these keys, this bucket.
+S3_ENDPOINT_URL = os.environ.get("IMAGED_TEST_S3_ENDPOINT_URL", "http://127.0.0.1:8333")
+S3_ACCESS_KEY_ID = os.environ.get("IMAGED_TEST_S3_ACCESS_KEY_ID", "imaged")
+S3_SECRET_ACCESS_KEY = os.environ.get("IMAGED_TEST_S3_SECRET_ACCESS_KEY", "imaged-local-secret")
+S3_BUCKET = os.environ.get("IMAGED_TEST_S3_BUCKET", "imaged")
 SEED_DIR = Path(__file__).parent / "fixtures" / "seed"
 SEED_MODELS = ["wanx2.1-t2i-turbo", "star-3-alpha-t2i", "star-3-alpha-i2i", "liblib-custom"]
 # Pixel sizes the four original requests ask for.

@@ -29,7 +29,7 @@
 #   IMAGED_LOCAL_MONGO_PORT      MongoDB port (default 27017)
 #   IMAGED_LOCAL_MONGO           "mongod" or "ferretdb" (default: mongod if on PATH, else ferretdb)
 #   IMAGED_LOCAL_S3              "1" (default) or "0": whether `up` starts the S3 server (the first
-#                                start builds it: about 8 minutes and 2.6 GB of memory on 2 cores)
+#                                start builds it: 5 to 8 minutes and up to 2.6 GB of memory on 2 cores)
 #   IMAGED_LOCAL_S3_PORT         S3 port (default 8333)
 #   IMAGED_LOCAL_S3_INTERNAL_PORT  first of the 4 ports of SeaweedFS's master, volume, filer and admin
 #                                servers (default S3 port + 1000); each of these and the S3 server
@@ -155,7 +155,7 @@ is_ours() {
             ;;
         ferretdb) [[ $(proc_cmdline "$pid") == *"--sqlite-url=file:$FDB_DATA/"* ]] ;;
         mongod) [[ $(proc_cmdline "$pid") == *"--dbpath $MONGOD_DATA"* ]] ;;
-        seaweedfs) [[ $(proc_cmdline "$pid") == *" mini "*" -dir=$SW_DATA "* ]] ;;
+        seaweedfs) [[ $(proc_cmdline "$pid") == *" mini "*"-dir=$SW_DATA "* ]] ;;
         *) return 1 ;;
     esac
 }
@@ -598,11 +598,11 @@ mongo_up() {
 # ---------------------------------------------------------------------------------------------
 # S3-compatible server: SeaweedFS, built from the pinned Go tools module in deploy/local/seaweedfs.
 #
-# `weed mini` rather than `weed server -filer -s3`: mini is SeaweedFS's mode for development, sizes
-# its volumes to the disk and grows one volume per bucket at a time (server mode preallocates 7 volume
-# slots per bucket out of 8 by default), and stops cleanly in about 2 s, where `weed server` takes
-# ~27 s and drops the filer's unflushed metadata log because its volume server stops first. Mini
-# also starts its admin server and a maintenance worker (vacuum etc.); here without the web UI or
+# `weed mini` rather than `weed server -filer -s3`: mini is SeaweedFS's mode for development. It sizes
+# its volumes to the disk and grows one volume per new bucket (server mode grows 7 per bucket while
+# allowing 8 volumes in all unless tuned), and it stops cleanly in about 2 s, where `weed server`
+# takes ~27 s and drops the filer's unflushed metadata log because its volume server stops first.
+# Mini also runs its admin server and a maintenance worker (vacuum etc.); here without the web UI or
 # WebDAV, and, like every other listener, on 127.0.0.1 only.
 
 s3_enabled() {
@@ -644,7 +644,7 @@ sw_build() {
     sw_built && return 0
     command -v go >/dev/null 2>&1 ||
         die "Go (>= 1.26.6) is needed to build SeaweedFS, the local S3 server (or set IMAGED_LOCAL_S3=0)"
-    log "building SeaweedFS from deploy/local/seaweedfs (one-off: about 8 minutes and 2.6 GB of memory on 2 cores with an empty Go build cache)"
+    log "building SeaweedFS from deploy/local/seaweedfs (one-off: 5 to 8 minutes and up to 2.6 GB of memory on 2 cores)"
     local build=$STATE/build/seaweedfs t0 stamp
     stamp=$(sw_stamp)
     t0=$(ms_now)
@@ -664,7 +664,7 @@ sw_build() {
 }
 
 # The first build takes minutes: `up` runs it before taking the services lock (under a lock of its
-# own), so a concurrent `up` or `status` for RabbitMQ and MongoDB is not held up meanwhile.
+# own), so that a concurrent `up`, `down` or restart of the other servers is not held up meanwhile.
 sw_build_locked() {
     sw_built && return 0
     mkdir -p -- "$STATE"
@@ -702,6 +702,19 @@ EOF
     return 0
 }
 
+# `weed mini` moves a component to the next free port when its port is taken, which would leave the
+# S3 server or its internals somewhere unexpected; fail clearly instead.
+sw_check_ports_free() {
+    command -v ss >/dev/null 2>&1 || return 0
+    local base port addr
+    for base in "$S3_PORT" "$SW_MASTER_PORT" "$SW_VOLUME_PORT" "$SW_FILER_PORT" "$SW_ADMIN_PORT"; do
+        for port in "$base" "$((base + 10000))"; do # HTTP and gRPC
+            addr=$(port_listeners "$port" | head -1)
+            [[ -z $addr ]] || die "port $port, needed by SeaweedFS, is in use ($addr); set IMAGED_LOCAL_S3_PORT or IMAGED_LOCAL_S3_INTERNAL_PORT"
+        done
+    done
+}
+
 # s3_probe [ready.py options...]: a signed S3 request with our keys; see ready.py for the exit codes.
 s3_probe() {
     probe s3 "$S3_PORT" --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" \
@@ -714,6 +727,7 @@ s3_probe_reason() { s3_probe "$@" >/dev/null || true; }
 sw_start() {
     sw_ports
     sw_build_locked
+    sw_check_ports_free
     sw_write_config
     local pid rc=0 port
     log "starting SeaweedFS with S3 on $HOST:$S3_PORT, master/volume/filer/admin on $HOST:$SW_MASTER_PORT-$SW_ADMIN_PORT (data in .state/seaweedfs/data)"
@@ -749,7 +763,7 @@ sw_start() {
             3) die "SeaweedFS exited during startup (log above: ${SW_LOG#"$REPO"/})" ;;
             2)
                 s3_probe_reason --create-bucket
-                die "something that is not our SeaweedFS answers on $HOST:$S3_PORT (above), or it refuses our keys"
+                die "something that is not our SeaweedFS answers on $HOST:$S3_PORT (above), or it refuses our keys ('$0 down' stops pid $pid)"
                 ;;
             *) die "SeaweedFS did not answer a signed S3 request within ${WAIT_S}s (log above; pid $pid may still be starting: '$0 down' stops it)" ;;
         esac
@@ -835,8 +849,11 @@ cmd_up() {
     if s3_enabled; then
         sw_ports
         # Build before taking the services lock, unless our server is running (then `up` reuses it;
-        # `restart-s3` picks up a new pin).
-        our_pid seaweedfs "$SW_PIDFILE" >/dev/null || sw_build_locked
+        # `restart-s3` picks up a new pin). Outside the lock, only look at the pid file: our_pid
+        # could remove one that a concurrent restart-s3 is writing.
+        local pid=""
+        if [[ -f $SW_PIDFILE ]]; then pid=$(tr -dc '0-9' <"$SW_PIDFILE" || true); fi
+        if [[ -z $pid ]] || ! is_ours seaweedfs "$pid"; then sw_build_locked; fi
     fi
     with_lock
     rmq_up
@@ -931,6 +948,7 @@ cmd_restart_s3() {
         local rc=0
         s3_probe -q || rc=$?
         ((rc != 0 && rc != 4)) || die "the S3 server on $HOST:$S3_PORT was not started by this script; cannot restart it"
+        ((rc != 2)) || die "port $HOST:$S3_PORT is taken by something that is not an S3 server accepting our keys; set IMAGED_LOCAL_S3_PORT"
     fi
     sw_stop
     sw_start

@@ -55,6 +55,8 @@ class ApiDeps:
     readiness: Callable[[], Awaitable[dict[str, Any]]]
     registry: CollectorRegistry
     api_keys: ApiKeys | None = None
+    #: a fresh download link of a stored image (presigned links expire); None where the store has none
+    image_link: Callable[[str], Awaitable[str | None]] | None = None
 
 
 DEPS_KEY: web.AppKey[ApiDeps] = web.AppKey("deps")

@@ -17,7 +17,7 @@ from ..contract import Request, Status, new_task_id
 from ..errors import InvalidRequest
 from ..intake import TaskIdTaken, describe_validation_error
 from ..task import Task
-from ..views import model_view, result_view, status_view
+from ..views import model_view, result_view, status_view, with_fresh_links
 from .context import LIMITER_KEY, ApiDeps, authenticate, deps, load_task
 from .http import ApiError, dumps, envelope, error, int_query, read_json_object
 from .openapi import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, LIST_MAX_OFFSET, openapi_document
@@ -63,7 +63,8 @@ async def create_task(request: web.Request) -> web.Response:
     task = await wait_for_terminal(d, task_id, d.settings.sync_wait_s)
     if task is None:
         return envelope({"task_id": task_id, "status": Status.PENDING.value}, "任务已创建，结果尚未就绪")
-    return envelope(result_view(task), "任务完成" if task.status is Status.COMPLETED else "任务失败")
+    view = await with_fresh_links(result_view(task), d.image_link)
+    return envelope(view, "任务完成" if task.status is Status.COMPLETED else "任务失败")
 
 
 async def submit(d: ApiDeps, req: Request, task_id: str, who: Principal) -> None:
@@ -115,7 +116,7 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_result(request: web.Request) -> web.Response:
     task = await load_task(request, await authenticate(request))
-    return envelope(result_view(task), "获取任务结果成功")
+    return envelope(await with_fresh_links(result_view(task), deps(request).image_link), "获取任务结果成功")
 
 
 async def cancel_task(request: web.Request) -> web.Response:

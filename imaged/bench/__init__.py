@@ -9,7 +9,8 @@ Every figure is measured against a reference taken in the same run on the same m
 - B2: thousands of concurrent tasks of 20 s: wall time against the task time, peak memory per task in flight.
 - B3: completion lag (terminal event time - the emulator's completion time) at 1,000 in flight, default
   polling, against the poll interval cap.
-- B4: one large image through imaged's downloader against a bare aiohttp download.
+- B4: one large image through imaged's downloader against a bare aiohttp download; ``b4s3`` the same into the
+  S3 bucket of ``IMAGED_S3_*`` against a raw upload of the same file with the same client.
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ from typing import Any
 
 from .. import __version__
 from ..settings import Settings
+from ..storage.s3 import S3Settings
 from .references import broker_round_trip, database_floor
-from .workloads import Stage, download_benchmark, request_body
+from .workloads import Stage, download_benchmark, request_body, upload_benchmark
 
-WORKLOADS = ("b1", "b2", "b3", "b4")
+WORKLOADS = ("b1", "b2", "b3", "b4", "b4s3")
 
 
 @dataclass
 class BenchOptions:
     """What to run, and how big. The defaults are quality.md's."""
 
-    only: tuple[str, ...] = WORKLOADS
+    only: tuple[str, ...] = ("b1", "b2", "b3", "b4")  # b4s3 needs a bucket (IMAGED_S3_*)
     tasks: int = 2000
     sizes: tuple[int, int] = (500, 5000)
     retained: int = 100_000
@@ -99,6 +101,10 @@ async def run_bench(settings: Settings, options: BenchOptions, progress: Progres
             progress.note(f"B4: a {options.b4_megabytes} MB image")
             async with stage("b4") as s:
                 report["b4"] = await download_benchmark(s.emulator, s.dir, options.b4_megabytes)
+        if "b4s3" in options.only:
+            progress.note(f"B4 to S3: a {options.b4_megabytes} MB image into the bucket of IMAGED_S3_*")
+            async with stage("b4s3") as s:
+                report["b4s3"] = await upload_benchmark(s.emulator, s.dir, options.b4_megabytes, S3Settings())
         if "b1" in options.only:
             report["b1"] = await _throughput(stage, options, progress, amqp_url, mongodb_url)
         if "b2" in options.only:

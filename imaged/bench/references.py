@@ -13,13 +13,18 @@ import asyncio
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiohttp
 from pymongo import AsyncMongoClient
 
 from ..contract import utcnow
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+    from ..storage.s3 import S3Store
 
 FLOOR_WORKERS = 16
 
@@ -147,8 +152,8 @@ async def database_floor(mongodb_url: str, db_name: str, count: int) -> float:
         await client.close()
 
 
-async def raw_download(url: str, target: Path, chunk_bytes: int) -> tuple[float, int]:
-    """(seconds, bytes) to fetch ``url`` with a bare aiohttp GET into ``target``."""
+async def raw_download(url: str, target: Path, chunk_bytes: int, *, keep: bool = False) -> tuple[float, int]:
+    """(seconds, bytes) to fetch ``url`` with a bare aiohttp GET into ``target`` (removed unless ``keep``)."""
     started = time.perf_counter()
     size = 0
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
@@ -161,5 +166,29 @@ async def raw_download(url: str, target: Path, chunk_bytes: int) -> tuple[float,
         finally:
             await asyncio.to_thread(out.close)
     elapsed = time.perf_counter() - started
-    await asyncio.to_thread(target.unlink, missing_ok=True)
+    if not keep:
+        await asyncio.to_thread(target.unlink, missing_ok=True)
     return elapsed, size
+
+
+async def raw_upload(store: S3Store, source: Path, name: str) -> float:
+    """Seconds to upload a file to the store's bucket with its client: a multipart upload of the store's part
+    size, parts read from disk one at a time (what imaged's writer does, minus the download)."""
+    client, key, part_bytes = store.client, store.prefix + name, store.settings.part_bytes
+    started = time.perf_counter()
+    upload = await client.create_multipart_upload(Bucket=store.bucket, Key=key, ContentType="image/png")
+    parts: list[CompletedPartTypeDef] = []
+    file = await asyncio.to_thread(source.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(file.read, part_bytes):
+            number = len(parts) + 1
+            sent = await client.upload_part(
+                Bucket=store.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number, Body=chunk
+            )
+            parts.append({"ETag": sent["ETag"], "PartNumber": number})
+    finally:
+        await asyncio.to_thread(file.close)
+    await client.complete_multipart_upload(
+        Bucket=store.bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+    )
+    return time.perf_counter() - started

@@ -23,10 +23,13 @@ import aiohttp
 from pymongo import AsyncMongoClient
 
 from ..broker import Topology, publish_request
+from ..image_format import image_name
 from ..images import CHUNK_BYTES, ImageDownloader
 from ..netguard import AddressPolicy, guarded_connector
+from ..storage import LocalStore
+from ..storage.s3 import S3Settings, S3Store
 from .processes import Daemon, Emulator, usage
-from .references import raw_download, task_document
+from .references import raw_download, raw_upload, task_document
 
 Progress = Callable[[str, int, int], None]
 
@@ -261,15 +264,18 @@ async def download_benchmark(emulator: Emulator, work_dir: Path, megabytes: int)
     try:
         policy = AddressPolicy(["127.0.0.0/8", "::1/128"])  # the emulator, on loopback
         async with aiohttp.ClientSession(connector=guarded_connector(policy)) as http:
-            downloader = ImageDownloader(http, target, max_bytes=size * 2, timeout_s=300, policy=policy)
+            store = LocalStore(target)
+            downloader = ImageDownloader(http, store, max_bytes=size * 2, timeout_s=300, policy=policy)
             started = time.perf_counter()
-            saved = await downloader.download(url, "liblibai", 0, datetime.now())
+            saved = await downloader.download(
+                url, lambda ext: image_name("liblibai", datetime.now(), 0, ext, "bench")
+            )
             imaged_s = time.perf_counter() - started
         _, peak_alloc = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     after = usage(os.getpid())
-    await asyncio.to_thread(saved.path.unlink)
+    await store.delete([saved.storage_url])
     return {
         "bytes": size,
         "mb_per_s": round(size / imaged_s / 1e6, 1),
@@ -278,4 +284,48 @@ async def download_benchmark(emulator: Emulator, work_dir: Path, megabytes: int)
         "python_peak_alloc_bytes": peak_alloc,
         "rss_growth_bytes": max(0, after.peak_rss - before.peak_rss),
         "chunk_bytes": CHUNK_BYTES,
+    }
+
+
+async def upload_benchmark(
+    emulator: Emulator, work_dir: Path, megabytes: int, s3: S3Settings
+) -> dict[str, Any]:
+    """B4 to S3: one large image streamed from the emulator into the bucket by imaged's downloader, against a raw
+    upload of the same file with the same client (multipart, the same part size)."""
+    side = int((megabytes * 1_000_000 / 3) ** 0.5)  # noise PNGs take about 3 bytes a pixel
+    url = f"{emulator.url}/_sim/images/liblibai_bench_0_{side}x{side}_noise.png"
+    source = work_dir / "b4s3.png"
+    _, size = await raw_download(url, source, CHUNK_BYTES, keep=True)
+    store = S3Store(s3.model_copy(update={"prefix": f"{s3.prefix}bench-{secrets.token_hex(4)}/"}))
+    await store.start()
+    try:
+        raw_s = await raw_upload(store, source, "raw.png")
+        before = usage(os.getpid())
+        tracemalloc.start()
+        try:
+            policy = AddressPolicy(["127.0.0.0/8", "::1/128"])  # the emulator, on loopback
+            async with aiohttp.ClientSession(connector=guarded_connector(policy)) as http:
+                downloader = ImageDownloader(http, store, max_bytes=size * 2, timeout_s=300, policy=policy)
+                started = time.perf_counter()
+                saved = await downloader.download(
+                    url, lambda ext: image_name("liblibai", datetime.now(), 0, ext, "bench")
+                )
+                imaged_s = time.perf_counter() - started
+            _, peak_alloc = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        after = usage(os.getpid())
+        await store.delete([saved.storage_url, f"s3://{store.bucket}/{store.prefix}raw.png"])
+    finally:
+        await store.close()
+        await asyncio.to_thread(source.unlink, missing_ok=True)
+    return {
+        "bytes": size,
+        "mb_per_s": round(size / imaged_s / 1e6, 1),
+        "reference_mb_per_s": round(size / raw_s / 1e6, 1),
+        "ratio": round(raw_s / imaged_s, 3),
+        "python_peak_alloc_bytes": peak_alloc,
+        "rss_growth_bytes": max(0, after.peak_rss - before.peak_rss),
+        "part_bytes": s3.part_bytes,
+        "reference": "the same file uploaded from disk with the same client and part size",
     }

@@ -23,7 +23,8 @@ def _numbers(text: str) -> tuple[int, ...]:
     "--only",
     default="b1,b2,b3,b4",
     show_default=True,
-    help="which workloads to run (comma-separated: b1 throughput, b2 concurrency, b3 lag, b4 download)",
+    help="which workloads to run (comma-separated: b1 throughput, b2 concurrency, b3 lag, b4 download, "
+    "b4s3 download into the bucket of IMAGED_S3_*)",
 )
 @click.option("--tasks", type=click.IntRange(1), default=2000, show_default=True, help="B1 tasks")
 @click.option("--sizes", default="500,5000", show_default=True, help="B1 flatness: two sizes (0,0 skips)")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import aio_pika
 import click
@@ -19,8 +17,9 @@ import click
 from ..broker import Topology
 from ..catalog import Catalog
 from ..diagnose import BROKER_ERRORS, DATABASE_ERRORS, broker_reason, database_reason, mask_url
-from ..errors import ConfigError
+from ..errors import ConfigError, StorageError
 from ..settings import Settings
+from ..storage import open_image_store
 from ..store import MongoTaskStore
 from .app import json_option, operator_command
 from .exits import (
@@ -28,7 +27,7 @@ from .exits import (
     EXIT_CHECK_BROKER,
     EXIT_CHECK_CATALOG,
     EXIT_CHECK_DATABASE,
-    EXIT_CHECK_IMAGE_DIR,
+    EXIT_CHECK_IMAGES,
     EXIT_CHECK_PROVIDER_KEYS,
     EXIT_CONFIG,
     EXIT_OK,
@@ -64,8 +63,12 @@ def _secrets(settings: Settings) -> list[str | None]:
         providers = list(load_provider_settings().values())
     except ConfigError:
         providers = []
+    try:
+        stores = open_image_store(settings).settings_models()
+    except StorageError:
+        stores = []
     values: list[str | None] = []
-    for model in [settings, *providers]:
+    for model in [settings, *providers, *stores]:
         for name in type(model).model_fields:
             value = getattr(model, name)
             if hasattr(value, "get_secret_value"):
@@ -144,23 +147,17 @@ def _check_amqp_user(settings: Settings) -> CheckResult:
     )
 
 
-def _check_image_dir(path: Path) -> CheckResult:
-    target = path
-    while not target.exists():
-        if target.parent == target:
-            break
-        target = target.parent
-    if not target.is_dir():
-        return CheckResult("image dir", False, f"{path}: {target} is not a directory", EXIT_CHECK_IMAGE_DIR)
+async def _check_images(settings: Settings) -> CheckResult:
+    """The image store can be written (and read back and deleted, for a bucket)."""
     try:
-        with tempfile.NamedTemporaryFile(dir=target, prefix=".imaged-check-"):
-            pass
-    except OSError as exc:
-        return CheckResult(
-            "image dir", False, f"{path}: cannot write in {target}: {exc.strerror}", EXIT_CHECK_IMAGE_DIR
-        )
-    note = "writable" if target == path else f"will be created (in writable {target})"
-    return CheckResult("image dir", True, f"{path.resolve()} {note}")
+        store = open_image_store(settings)
+        await store.start()
+        try:
+            return CheckResult("images", True, await store.check())
+        finally:
+            await store.close()
+    except StorageError as exc:
+        return CheckResult("images", False, redact(str(exc), _secrets(settings)), EXIT_CHECK_IMAGES)
 
 
 def _check_provider_settings() -> CheckResult:
@@ -228,7 +225,7 @@ async def run_checks(settings: Settings) -> list[CheckResult]:
     results.append(_check_amqp_user(settings))
     database, db_keys = await _check_database(settings)
     results.append(database)
-    results.append(await asyncio.to_thread(_check_image_dir, settings.image_dir))
+    results.append(await _check_images(settings))
     results.append(_check_provider_settings())
     if catalog is not None and results[-1].ok:
         results.append(await _check_provider_keys(settings, catalog))

@@ -21,7 +21,7 @@ EXIT_CHECK_CATALOG = 10  # check: the model catalog cannot be loaded
 EXIT_CHECK_AUTH = 11  # check: authentication is misconfigured (or open on a non-loopback address)
 EXIT_CHECK_BROKER = 12  # check, and run at start: the broker cannot be used
 EXIT_CHECK_DATABASE = 13  # check, and run at start: the database cannot be used
-EXIT_CHECK_IMAGE_DIR = 14  # check: the image directory cannot be written
+EXIT_CHECK_IMAGES = 14  # check: the image store (directory or bucket) cannot be written
 EXIT_CHECK_PROVIDER_KEYS = 15  # check: a provider of the catalog has no credentials (or is not installed)
 
 #: ``imaged run``: the service a :class:`imaged.diagnose.StartupError` names -> the matching check's code

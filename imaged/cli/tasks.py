@@ -7,19 +7,36 @@ control exchange, so that the replica driving it stops at once (see ``imaged/can
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import aio_pika
 import click
 
 from ..broker import Topology
 from ..contract import Status
+from ..errors import StorageError
 from ..settings import Settings
+from ..storage import open_image_store
 from ..task import Task
-from ..views import result_view, status_view
+from ..views import result_view, status_view, with_fresh_links
 from .app import Unavailable, json_option, operator_command
 from .exits import EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_FINISHED, EXIT_NOT_FOUND, EXIT_OK
 from .output import echo_fields, echo_json, echo_table, fail
 from .services import connect_broker, guard, open_store
+
+
+async def _with_links(settings: Settings, view: dict[str, Any]) -> dict[str, Any]:
+    """The result view with fresh download links (presigned links expire); as stored when the store is away."""
+    try:
+        store = open_image_store(settings)
+        await store.start()
+    except (StorageError, OSError) as exc:
+        click.echo(f"warning: image store unavailable, links as stored: {exc}", err=True)
+        return view
+    try:
+        return await with_fresh_links(view, store.link)
+    finally:
+        await store.close()
 
 
 async def _get_task(settings: Settings, task_id: str) -> Task | None:
@@ -56,7 +73,7 @@ async def result(settings: Settings, task_id: str, as_json: bool) -> int:
     if task is None:
         fail(f"no task {task_id}")
         return EXIT_NOT_FOUND
-    view = result_view(task)
+    view = await _with_links(settings, result_view(task))
     if as_json:
         echo_json(view)
     else:
@@ -65,10 +82,13 @@ async def result(settings: Settings, task_id: str, as_json: bool) -> int:
             err = view["error"]
             click.echo(f"error: {err.get('category')} ({err.get('code')}): {err.get('message')}")
         for image in (view["result"] or {}).get("images", []):
+            where = image.get("local_path") or image.get("storage_url")
             click.echo(
-                f"image {image.get('index')}: {image.get('local_path')} "
+                f"image {image.get('index')}: {where} "
                 f"({image.get('width')}x{image.get('height')}, {image.get('bytes')} bytes)"
             )
+            if image.get("download_url"):
+                click.echo(f"  download: {image['download_url']}")
     if not task.status.terminal:
         return EXIT_NOT_FINISHED
     return EXIT_OK if task.status is Status.COMPLETED else EXIT_FAILED

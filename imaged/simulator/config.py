@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
+LEGACY_PROMPT_LIMITS = {
+    name: 800 for name in ("wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wan2.1-t2i-turbo", "wan2.1-t2i-plus")
+}
 SECRET_FIELDS = frozenset(
     {"dashscope_api_key", "liblib_secret_key", "dashscope_extra_api_keys", "liblib_extra_keys"}
 )
@@ -47,6 +50,26 @@ class SimulatorConfig:
     Balances are this minus the points spent, so changing it at run time applies at once."""
     image_fill: Literal["solid", "noise"] = "solid"
     """"solid" images compress to a few KB; "noise" images are incompressible (about 3 bytes per pixel)."""
+    # 2026 model families (providers.md, "Model families, 2026").
+    dashscope_wan25_min_pixels: int = 1280 * 1280
+    """Lower bound of the total-pixel window of wan2.5-t2i-preview and wan2.6 (W*H sizes); the upper bound is
+    1440². One older revision of the docs gave 768²."""
+    dashscope_prompt_limits: dict[str, int] = field(default_factory=lambda: dict(LEGACY_PROMPT_LIMITS))
+    """Characters of the prompt a DashScope model keeps (longer prompts are truncated silently, never refused),
+    overriding the 2026 table in `dashscope_models.MODELS`. The default keeps the 2.1 models (both spellings) at
+    800, the emulator's behaviour before the 2026 table said 500; set {} to follow the table everywhere."""
+    unreachable_inputs: list[str] = field(default_factory=lambda: ["unreachable"])
+    """Input image URLs containing any of these strings (a host name, a path part) count as unreachable: the
+    submit is refused, DashScope with 400 InternalError.Algo.InvalidParameter, LiblibAI with code 100030. No
+    input is ever fetched."""
+    liblib_timeout_seconds: float = 1800.0
+    """A LiblibAI task still running this long after its submit ends in generateStatus 7 (points refunded), as
+    the real service does after 30 minutes; lower it (or raise task_seconds) to make tasks time out. The
+    "status7" poll fault gives the same outcome on one task."""
+    liblib_seedream_size_rules: Literal["newer", "older"] = "newer"
+    """Seedream 4.0 size rule (sources disagree): "newer" = sides 512..4096 with W*H <= 2048²; "older" = sides
+    1024..4096 with W*H in [1024², 4096²]. Seedream 4.5 always takes W*H in [3,686,400, 4096²], W/H in
+    [1/16, 16]."""
 
     @classmethod
     def without_limits(cls, **values: Any) -> SimulatorConfig:
@@ -74,6 +97,16 @@ class SimulatorConfig:
             self.public_url = self.public_url.rstrip("/")
         if self.liblib_initial_balance < 0:
             raise ValueError("liblib_initial_balance must be >= 0")
+        if not 1 <= self.dashscope_wan25_min_pixels <= 1440 * 1440:
+            raise ValueError("dashscope_wan25_min_pixels must be in [1, 1440*1440]")
+        if any(limit < 1 for limit in self.dashscope_prompt_limits.values()):
+            raise ValueError("dashscope_prompt_limits values must be >= 1")
+        if self.liblib_timeout_seconds <= 0:
+            raise ValueError("liblib_timeout_seconds must be > 0")
+
+    def unreachable(self, url: str) -> bool:
+        """Whether an input image URL is one the emulated provider fails to download."""
+        return any(marker and marker in url for marker in self.unreachable_inputs)
 
     def dashscope_keys(self) -> set[str]:
         return {self.dashscope_api_key, *self.dashscope_extra_api_keys}

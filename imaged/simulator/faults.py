@@ -9,6 +9,10 @@ Two families:
   http_429, http_500, timeout, reset, malformed_json, slow (and truncated for downloads);
 - outcome faults shape how a task ends and are drawn once per task, when it finishes: moderation, fail, partial,
   status7 (stage "poll"), and moderation of the input at stage "submit".
+
+status7 is LiblibAI's timeout (generateStatus 7, points refunded; ComfyUI tasks, which know states 1..6 only, end in
+6), DashScope's FAILED InternalError.Timeout. The setting `liblib_timeout_seconds` gives the same end to every
+LiblibAI task that would run longer; `unreachable_inputs` makes submits naming such input URLs fail.
 """
 
 from __future__ import annotations

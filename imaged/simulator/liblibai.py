@@ -1,5 +1,8 @@
-"""The LiblibAI open API, as providers.md §2 describes it: signed POST requests, `{code, msg, data}` envelope,
-generateStatus 1..7, auditStatus, points and balance, and the per-account caps.
+"""The LiblibAI open API, as providers.md §2 and "Model families, 2026" describe it: signed POST requests,
+`{code, msg, data}` envelope, generateStatus 1..7, auditStatus, points and balance, and the per-account caps.
+
+The lines (which path takes which template, what each accepts and costs) are `liblibai_lines` and `comfyui`;
+this module serves them: signature, limits, faults, the four status paths and the answers.
 
 Signature verification lives here on purpose, written independently of imaged's own client, so that a mistake in
 one is caught by the other.
@@ -13,63 +16,33 @@ import hmac
 import json
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from aiohttp import web
 
+from . import comfyui
 from .faults import retry_after_header
 from .images import ImageName, fill_for
+from .liblibai_lines import POINTS_PER_IMAGE, SUBMIT_PATHS, parse_submit, status_kinds
+from .liblibai_params import LiblibError, missing
 from .state import Account, SimState, SimTask
 
 PROVIDER: Final = "liblibai"
 SIGNATURE_WINDOW_MS = 5 * 60 * 1000
 URL_LIFETIME = 7 * 24 * 3600
-STAR3_T2I = "/api/generate/webui/text2img/ultra"
-STAR3_I2I = "/api/generate/webui/img2img/ultra"
-CUSTOM_T2I = "/api/generate/webui/text2img"
-CUSTOM_I2I = "/api/generate/webui/img2img"
 WEBUI_STATUS = "/api/generate/webui/status"
-COMFY_APP = "/api/generate/comfyui/app"
-COMFY_STATUS = "/api/generate/comfy/status"
-F1_CHECKPOINT = "412b427ddb674b4dbab9e5abd5ae6057"
-ASPECT_RATIOS = {"square": (1024, 1024), "portrait": (768, 1024), "landscape": (1280, 720)}
-CONTROL_TYPES = frozenset({"line", "depth", "pose", "IPAdapter", "subject"})
-POINTS_PER_IMAGE = {"star3": 10, "f1": 8, "sd": 6, "comfy": 12}
+UNIFIED_STATUS = "/api/generate/status"
+STATUS_PATHS = (UNIFIED_STATUS, WEBUI_STATUS, *comfyui.STATUS_PATHS)
 HTTP_CODES = frozenset({401, 403, 429})
 """Codes that may arrive as an HTTP status (see SimulatorConfig.liblib_error_style); the rest are envelopes."""
 
-
-class Template(NamedTuple):
-    path: str
-    family: str  # "star3" | "f1" | "sd"
-    img2img: bool
-
-
-TEMPLATES = {
-    "5d7e67009b344550bc1aa6ccbfa1d7f4": Template(STAR3_T2I, "star3", False),
-    "07e00af4fc464c7ab55ff906f8acf1b7": Template(STAR3_I2I, "star3", True),
-    "6f7c4652458d4802969f8d089cf5b91f": Template(CUSTOM_T2I, "f1", False),
-    "63b72710c9574457ba303d9d9b8df8bd": Template(CUSTOM_I2I, "f1", True),
-    "e10adc3949ba59abbe56e057f20f883e": Template(CUSTOM_T2I, "sd", False),
-    "9c7d531dc75f476aa833b3d452b8f7ad": Template(CUSTOM_I2I, "sd", True),
-}
+__all__ = ["PROVIDER", "LiblibAI", "LiblibError", "envelope", "fault_error", "generate_status", "sign"]
 
 
 def sign(secret: str, path: str, timestamp: str, nonce: str) -> str:
     """URL-safe base64 (no `=` padding) of HMAC-SHA1(secret, "path&timestamp&nonce")."""
     digest = hmac.new(secret.encode(), f"{path}&{timestamp}&{nonce}".encode(), hashlib.sha1).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-class LiblibError(Exception):
-    """A LiblibAI error answer: an envelope code and message."""
-
-    def __init__(self, code: int, msg: str, retry_after: float | None = None) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-        self.retry_after = retry_after
 
 
 def envelope(
@@ -85,180 +58,22 @@ def fault_error(status: int, retry_after: float | None) -> web.StreamResponse:
     return envelope(200000, "internal error", None, 500)
 
 
-@dataclass
-class Job:
-    """A validated generation request."""
-
-    kind: str  # "webui" | "comfy"
-    family: str  # "star3" | "f1" | "sd" | "comfy"
-    template: str
-    prompt: str
-    width: int
-    height: int
-    count: int
-    seed: int | None
-
-
-# validation helpers: a missing required field is 100050, a present but wrong one is 100000 -----------------------
-
-
-def _missing(name: str) -> LiblibError:
-    return LiblibError(100050, f"parameter completeness check failed: {name} is required")
-
-
-def _invalid(name: str, why: str) -> LiblibError:
-    return LiblibError(100000, f"invalid parameters: {name} {why}")
-
-
-def _int(params: dict[str, Any], name: str, low: int, high: int, default: int | None = None) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise _invalid(name, f"must be an integer in [{low}, {high}]")
-    return value
-
-
-def _number(params: dict[str, Any], name: str, low: float, high: float) -> None:
-    value = params.get(name)
-    if value is None:
-        return
-    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
-        raise _invalid(name, f"must be a number in [{low}, {high}]")
-
-
-def _text(params: dict[str, Any], name: str, *, required: bool, limit: int = 2000) -> str:
-    value = params.get(name)
-    if value is None or value == "":
-        if required:
-            raise _missing(name)
-        return ""
-    if not isinstance(value, str):
-        raise _invalid(name, "must be a string")
-    if len(value) > limit:
-        raise _invalid(name, f"must be at most {limit} characters")
-    return value
-
-
-def _url(params: dict[str, Any], name: str) -> None:
-    """An input image must be a public http(s) URL; the emulator never fetches it."""
-    value = _text(params, name, required=True, limit=4096)
-    if not value.startswith(("http://", "https://")):
-        raise _invalid(name, "must be a public http(s) URL")
-
-
-def parse_submit(body: Any, path: str) -> Job:
-    """Check a submit body for the endpoint `path`; raises LiblibError with the real codes."""
-    if not isinstance(body, dict):
-        raise LiblibError(100000, "invalid parameters: the body must be a JSON object")
-    template = body.get("templateUuid")
-    if template is None or template == "":
-        raise _missing("templateUuid")
-    if not isinstance(template, str):
-        raise _invalid("templateUuid", "must be a string")
-    params = body.get("generateParams")
-    if params is None:
-        raise _missing("generateParams")
-    if not isinstance(params, dict):
-        raise _invalid("generateParams", "must be a JSON object")
-    if path == COMFY_APP:
-        return Job("comfy", "comfy", template, "", 1024, 1024, 1, None)
-    found = TEMPLATES.get(template)
-    if found is None or found.path != path:
-        raise LiblibError(100120, f"template does not exist: {template}")
-    if found.family == "star3":
-        return _star3(params, template, found.img2img)
-    return _custom(params, template, found)
-
-
-def _star3(params: dict[str, Any], template: str, img2img: bool) -> Job:
-    prompt = _text(params, "prompt", required=True)
-    size = params.get("imageSize")
-    if size is not None:
-        if not isinstance(size, dict):
-            raise _invalid("imageSize", "must be an object {width, height}")
-        width = _int(size, "width", 512, 2048)
-        height = _int(size, "height", 512, 2048)
-        if width is None or height is None:
-            raise _missing("imageSize.width and imageSize.height")
-    elif "aspectRatio" in params:
-        ratio = params["aspectRatio"]
-        if ratio not in ASPECT_RATIOS:
-            raise _invalid("aspectRatio", f"must be one of {', '.join(ASPECT_RATIOS)}")
-        width, height = ASPECT_RATIOS[ratio]
-    else:
-        raise _missing("aspectRatio or imageSize")
-    if params.get("imgCount") is None:
-        raise _missing("imgCount")
-    count = _int(params, "imgCount", 1, 4)
-    _int(params, "steps", 1, 60)
-    control = params.get("controlnet")
-    if control is not None:
-        if not isinstance(control, dict) or control.get("controlType") not in CONTROL_TYPES:
-            raise _invalid("controlnet.controlType", f"must be one of {', '.join(sorted(CONTROL_TYPES))}")
-        _url(control, "controlImage")
-    if img2img:
-        _url(params, "sourceImage")
-    return Job(
-        "webui", "star3", template, prompt, width, height, count or 1, _int(params, "seed", -1, 9999999999)
-    )
-
-
-def _custom(params: dict[str, Any], template: str, found: Template) -> Job:
-    checkpoint = _text(params, "checkPointId", required=found.family == "sd", limit=64) or F1_CHECKPOINT
-    del checkpoint  # any id is accepted: the emulator has every model
-    prompt = _text(params, "prompt", required=True)
-    _text(params, "negativePrompt", required=False)
-    width = _int(params, "width", 128, 1536, 512) or 512
-    height = _int(params, "height", 128, 1536, 512) or 512
-    count = _int(params, "imgCount", 1, 4, 1) or 1
-    _int(params, "steps", 1, 60)
-    _int(params, "clipSkip", 1, 12)
-    _int(params, "sampler", 0, 100)
-    _int(params, "randnSource", 0, 1)
-    _int(params, "restoreFaces", 0, 1)
-    _number(params, "cfgScale", 1.0, 15.0)
-    seed = _int(params, "seed", -1, 9999999999)
-    networks = params.get("additionalNetwork")
-    if networks is not None:
-        if not isinstance(networks, list) or len(networks) > 5:
-            raise _invalid("additionalNetwork", "must be a list of at most 5 {modelId, weight}")
-        for network in networks:
-            if not isinstance(network, dict) or not isinstance(network.get("modelId"), str):
-                raise _invalid("additionalNetwork.modelId", "must be a string")
-            _number(network, "weight", -4.0, 4.0)
-    hires = params.get("hiResFixInfo")
-    if hires is not None:
-        if not isinstance(hires, dict):
-            raise _invalid("hiResFixInfo", "must be an object")
-        width = _int(hires, "resizedWidth", 128, 2048, width) or width
-        height = _int(hires, "resizedHeight", 128, 2048, height) or height
-    if found.img2img:
-        _url(params, "sourceImage")
-        _int(params, "mode", 0, 4)
-        if params.get("mode") not in (None, 0, 4):
-            raise _invalid("mode", "must be 0 (img2img) or 4 (inpaint)")
-        _number(params, "denoisingStrength", 0.0, 1.0)
-        width = _int(params, "resizedWidth", 128, 1536, width) or width
-        height = _int(params, "resizedHeight", 128, 1536, height) or height
-    return Job("webui", found.family, template, prompt, width, height, count, seed)
-
-
 def generate_status(state: SimState, task: SimTask, now: float, *, peek: bool = False) -> int:
     """The task's generateStatus at `now`: 1 waiting, 2 running, 3 generated, 4 reviewing, then 5, 6 or 7.
 
-    ``peek`` (stats) never draws an outcome: a finished task nobody has polled yet counts as 5.
+    ``peek`` (stats) never draws an outcome: a finished task nobody has polled yet counts as 5 (unless it timed
+    out, which draws nothing). ComfyUI tasks know states 1..6 only: a timeout ends them in 6.
     """
     if not task.finished(now):
         progress = task.progress(now)
         return 1 if progress < 0.1 else 2 if progress < 0.8 else 3 if progress < 0.9 else 4
-    if peek and task.outcome is None:
+    if peek and task.outcome is None and not task.extras.get("timed_out"):
         return 5
     outcome = state.outcome(task)
     if outcome.kind == "fail":
         return 6
     if outcome.kind == "status7":
-        return 7
+        return 6 if task.kind == "comfy" else 7
     if outcome.kind == "moderation":
         return 5 if outcome.variant in ("audit", "audit_listed") else 6
     return 5
@@ -273,10 +88,10 @@ class LiblibAI:
     def routes(self) -> list[web.RouteDef]:
         guard = self.state.guarded
         submit = guard(PROVIDER, "submit", self.submit, fault_error)
+        status = guard(PROVIDER, "poll", self.status, fault_error)
         return [
-            *(web.post(path, submit) for path in (STAR3_T2I, STAR3_I2I, CUSTOM_T2I, CUSTOM_I2I, COMFY_APP)),
-            web.post(WEBUI_STATUS, guard(PROVIDER, "poll", self.webui_status, fault_error)),
-            web.post(COMFY_STATUS, guard(PROVIDER, "poll", self.comfy_status, fault_error)),
+            *(web.post(path, submit) for path in SUBMIT_PATHS),
+            *(web.post(path, status) for path in STATUS_PATHS),
         ]
 
     def _answer(self, error: LiblibError) -> web.Response:
@@ -321,12 +136,16 @@ class LiblibAI:
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         state = self.state
+        config = state.config
         try:
             access_key = self._verify(request)
             if not state.submit_allowed(PROVIDER, access_key):
                 raise LiblibError(429, "too many requests: submit endpoints allow 1 request per second", 1.0)
             try:
-                job = parse_submit(await self._body(request), request.path)
+                job = parse_submit(await self._body(request), request.path, config)
+                unreachable = next((url for url in job.inputs if config.unreachable(url)), None)
+                if unreachable is not None:
+                    raise LiblibError(100030, f"input image unreachable: failed to download {unreachable}")
             except LiblibError:
                 state.count(PROVIDER, access_key, "rejected")
                 raise
@@ -355,17 +174,13 @@ class LiblibAI:
             height=job.height,
             seeds=[first + i for i in range(job.count)],
             prompt=job.prompt,
-            extras={"points": cost},
+            extras={"points": cost, "family": job.family, **job.extras},
+            timeout=config.liblib_timeout_seconds,
         )
         return envelope(0, "", {"generateUuid": task.id})
 
-    async def webui_status(self, request: web.Request) -> web.StreamResponse:
-        return await self._status(request, "webui")
-
-    async def comfy_status(self, request: web.Request) -> web.StreamResponse:
-        return await self._status(request, "comfy")
-
-    async def _status(self, request: web.Request, kind: str) -> web.StreamResponse:
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        """Any of the four status paths; each answers the tasks of its lines (`status_kinds`)."""
         state = self.state
         try:
             access_key = self._verify(request)
@@ -373,9 +188,9 @@ class LiblibAI:
             body = await self._body(request)
             task_id = body.get("generateUuid") if isinstance(body, dict) else None
             if not task_id or not isinstance(task_id, str):
-                raise _missing("generateUuid")
+                raise missing("generateUuid")
             task = state.find(PROVIDER, task_id, access_key)
-            if task is None or task.kind != kind:
+            if task is None or task.kind not in status_kinds(request.path):
                 raise LiblibError(100051, "task does not exist")
         except LiblibError as exc:
             return self._answer(exc)
@@ -403,25 +218,35 @@ class LiblibAI:
         if outcome.kind == "moderation" and outcome.variant not in ("audit", "audit_listed"):
             data["generateMsg"] = "sensitive content in result"
             return envelope(100055, "sensitive content in result", data)
-        if status == 6:
-            data["generateMsg"] = "generation failed"
-        elif status == 7:
+        if outcome.kind == "status7":
             data["generateMsg"] = "generation timed out, points refunded"
+        elif status == 6:
+            data["generateMsg"] = "generation failed"
         else:
             blocked = frozenset(range(task.count)) if outcome.kind == "moderation" else outcome.failed
             if blocked:
                 data["generateMsg"] = f"{len(blocked)} image(s) blocked by review"
-            base = self.state.image_base(request)
-            expires = int(task.wall(task.ends)) + URL_LIFETIME
-            noise = self.state.config.image_fill == "noise"
-            for index, seed in enumerate(task.seeds):
-                if index in blocked:
-                    if outcome.variant == "audit_listed":
-                        data["images"].append({"imageUrl": "", "seed": seed, "auditStatus": 4})
-                    continue  # by default blocked images (auditStatus 4) are left out
-                name = ImageName(
-                    PROVIDER, task.id, index, task.width, task.height, fill_for(seed, noise)
-                ).render()
-                url = f"{base}/_sim/images/{name}?Expires={expires}"
-                data["images"].append({"imageUrl": url, "seed": seed, "auditStatus": 3})
+            data["images"] = self._images(request, task, blocked, outcome.variant == "audit_listed")
         return envelope(0, "", data)
+
+    def _images(
+        self, request: web.Request, task: SimTask, blocked: frozenset[int], listed: bool
+    ) -> list[dict[str, Any]]:
+        """The `images` of a finished task: approved ones, and blocked ones too (auditStatus 4) when `listed`.
+        ComfyUI images also name the node and output that made them."""
+        base = self.state.image_base(request)
+        expires = int(task.wall(task.ends)) + URL_LIFETIME
+        noise = self.state.config.image_fill == "noise"
+        output: dict[str, Any] = {}
+        if task.kind == "comfy":
+            output = {"nodeId": task.extras["node_id"], "outputName": task.extras["output_name"]}
+        images: list[dict[str, Any]] = []
+        for index, seed in enumerate(task.seeds):
+            if index in blocked:
+                if listed:
+                    images.append({"imageUrl": "", "seed": seed, "auditStatus": 4, **output})
+                continue  # by default blocked images (auditStatus 4) are left out
+            name = ImageName(PROVIDER, task.id, index, task.width, task.height, fill_for(seed, noise))
+            url = f"{base}/_sim/images/{name.render()}?Expires={expires}"
+            images.append({"imageUrl": url, "seed": seed, "auditStatus": 3, **output})
+        return images

@@ -227,11 +227,17 @@ class SimState:
     def in_flight(self, provider: Provider, now: float) -> int:
         return sum(a.in_flight(now) for (p, _), a in self.accounts.items() if p == provider)
 
-    def new_task(self, **kwargs: Any) -> SimTask:
-        """Create and admit a task (call right after `slot_free`, with no await in between)."""
+    def new_task(self, *, timeout: float | None = None, **kwargs: Any) -> SimTask:
+        """Create and admit a task (call right after `slot_free`, with no await in between).
+
+        A task that would run longer than `timeout` seconds ends then instead, as timed out (LiblibAI status 7).
+        """
         now = time.monotonic()
         duration = self.config.task_seconds + self.rng.uniform(0.0, self.config.jitter_seconds)
         task = SimTask(submitted_at=time.time(), started=now, duration=duration, **kwargs)
+        if timeout is not None and duration > timeout:
+            task.duration = timeout
+            task.extras["timed_out"] = True
         self.tasks[task.id] = task
         account = self.account(task.provider, task.credential)
         account.add(task)
@@ -255,6 +261,9 @@ class SimState:
 
     def outcome(self, task: SimTask) -> Outcome:
         """How a finished task ended: drawn from the outcome faults the first time anyone looks."""
+        if task.outcome is None and task.extras.get("timed_out"):  # the provider's own timeout, not a fault
+            task.outcome = Outcome("status7")
+            self._refund(task)
         if task.outcome is None:
             fault = self.faults.draw(task.provider, "poll", OUTCOME_KINDS)
             if fault is None:
@@ -266,11 +275,14 @@ class SimState:
                     failed = frozenset(range(task.count - max(1, task.count // 2), task.count))
                 task.outcome = Outcome(fault.spec.kind, fault.spec.variant, failed)
                 logger.debug("%s task %s ends with fault %s", task.provider, task.id, fault.spec.kind)
-                if task.provider == "liblibai" and fault.spec.kind in ("fail", "status7"):
-                    self.account(task.provider, task.credential).points_spent -= int(
-                        task.extras.get("points", 0)
-                    )
+                if fault.spec.kind in ("fail", "status7"):
+                    self._refund(task)
         return task.outcome
+
+    def _refund(self, task: SimTask) -> None:
+        """Give back the points frozen for a LiblibAI task that failed or timed out (nothing is charged)."""
+        if task.provider == "liblibai":
+            self.account(task.provider, task.credential).points_spent -= int(task.extras.get("points", 0))
 
     def image_base(self, request: web.Request) -> str:
         return self.config.public_url or self.base_url or str(request.url.origin())

@@ -11,7 +11,7 @@ from imaged.cli.exits import (
     EXIT_CHECK_AUTH,
     EXIT_CHECK_BROKER,
     EXIT_CHECK_DATABASE,
-    EXIT_CHECK_IMAGE_DIR,
+    EXIT_CHECK_IMAGES,
     EXIT_CHECK_PROVIDER_KEYS,
     EXIT_CONFIG,
 )
@@ -41,7 +41,7 @@ async def test_a_good_configuration_passes(cli: Cli) -> None:
         "broker",
         "amqp user",
         "database",
-        "image dir",
+        "images",
         "providers",
         "provider keys",
     ]
@@ -142,7 +142,7 @@ async def test_unwritable_image_dir(cli: Cli, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     await asyncio.to_thread(blocker.write_text, "not a directory")
     run = await cli("check", env={"IMAGED_IMAGE_DIR": str(blocker / "images")})
-    assert run.code == EXIT_CHECK_IMAGE_DIR, run.out + run.err
+    assert run.code == EXIT_CHECK_IMAGES, run.out + run.err
     assert "is not a directory" in run.out
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
-from imaged.simulator import Simulator, SimulatorConfig
+from imaged.simulator import SimulatorConfig
 
+from ..servers import emulator
 from ..support import Bus
-from .harness import Cluster
-
-Report = Callable[[str], None]
+from .harness import Cluster, MakeCluster, Reliability, Report
 
 
 @pytest.fixture
@@ -30,29 +30,20 @@ def report(request: pytest.FixtureRequest) -> Report:
     return write
 
 
-def lifted_limits(task_seconds: float) -> SimulatorConfig:
-    return SimulatorConfig.without_limits(task_seconds=task_seconds)
+@pytest.fixture
+async def make_cluster(namespace: str, tmp_path: Path, bus: Bus) -> AsyncIterator[MakeCluster]:
+    """Build a cluster around a started emulator; its daemons are killed, then its emulator stopped, after the test."""
+    async with AsyncExitStack() as stack:
+
+        async def build(config: SimulatorConfig, **extra_env: str) -> Cluster:
+            sim = await stack.enter_async_context(emulator(config))
+            cluster = Cluster(namespace, tmp_path, sim, config, dict(extra_env))
+            stack.push_async_callback(cluster.kill_all)
+            return cluster
+
+        yield build
 
 
 @pytest.fixture
-async def make_cluster(
-    namespace: str, tmp_path: Path, bus: Bus
-) -> AsyncIterator[Callable[..., Awaitable[Cluster]]]:
-    """Build a cluster around a started emulator; its daemons and emulator are stopped after the test."""
-    clusters: list[Cluster] = []
-    simulators: list[Simulator] = []
-
-    async def build(config: SimulatorConfig, **extra_env: str) -> Cluster:
-        sim = Simulator(config)
-        await sim.start()
-        simulators.append(sim)
-        cluster = Cluster(namespace, tmp_path, sim, config, dict(extra_env))
-        clusters.append(cluster)
-        return cluster
-
-    yield build
-    for cluster in clusters:
-        for daemon in cluster.daemons:
-            await daemon.kill()
-    for sim in simulators:
-        await sim.stop()
+def reliability(make_cluster: MakeCluster, bus: Bus, report: Report, long_run: bool) -> Reliability:
+    return Reliability(make_cluster, bus, report, long_run)

@@ -1,7 +1,8 @@
 """The reliability harness: imaged as real subprocesses, the emulator, the bus, and the tally of what was lost.
 
 Faults are real: SIGKILL and SIGTERM to the daemon, restarts of the broker and the database through
-``deploy/local/services.sh``, and the emulator's fault injection.
+``deploy/local/services.sh``, and the emulator's fault injection. :class:`Reliability` is what every run shares:
+a cluster on an emulator, tasks published, all of them awaited, and the tally that must show nothing lost.
 """
 
 from __future__ import annotations
@@ -9,31 +10,27 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
-import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import aio_pika
 import aiohttp
+import pytest
 from pymongo import AsyncMongoClient
 
 from imaged.images import leftover_parts
 from imaged.simulator import Simulator, SimulatorConfig
 
-from ..support import AMQP_URL, MONGODB_URL, Bus
+from ..servers import free_port
+from ..support import AMQP_URL, MONGODB_URL, Bus, seed_body
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "deploy" / "local" / "services.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def open_log(path: Path) -> IO[bytes]:
@@ -162,6 +159,10 @@ class Cluster:
         await daemon.start()
         await daemon.wait_ready()
 
+    async def kill_all(self) -> None:
+        for daemon in self.daemons:
+            await daemon.kill()
+
     async def stop_all(self) -> list[int]:
         return [await d.terminate() for d in self.daemons if d.proc is not None]
 
@@ -229,6 +230,16 @@ class Tally:
             }
         )
 
+    def losses(self) -> dict[str, int]:
+        """The counts that must be zero after every run, those that are not."""
+        must_be_zero = {
+            "lost": self.lost,
+            "duplicate_terminal_ids": self.duplicate_terminal_ids,
+            "secret_leaks": self.secret_leaks,
+            "leftover_partials": self.leftover_partials,
+        }
+        return {name: count for name, count in must_be_zero.items() if count}
+
 
 async def tally(name: str, cluster: Cluster, bus: Bus, task_ids: list[str], **extra: Any) -> Tally:
     stored = await stored_statuses(cluster.namespace, task_ids)
@@ -248,3 +259,67 @@ def secret_leaks(cluster: Cluster, bus: Bus) -> int:
     texts = [d.log_path.read_text(errors="replace") for d in cluster.daemons if d.log_path.exists()]
     texts += [json.dumps(events) for events in bus.events.values()]
     return sum(1 for text in texts for secret in secrets if secret in text)
+
+
+# --- what every reliability run shares -------------------------------------------------------------------------
+
+Report = Callable[[str], None]
+MakeCluster = Callable[..., Awaitable[Cluster]]
+
+# Daemons that submit fast and keep many tasks in flight (the runs that use them lift the emulator's limits too).
+FAST = {
+    "IMAGED_ALIYUN_SUBMIT_PER_SECOND": "50",
+    "IMAGED_LIBLIBAI_SUBMIT_PER_SECOND": "50",
+    "IMAGED_ALIYUN_MAX_IN_FLIGHT": "8",
+    "IMAGED_LIBLIBAI_MAX_IN_FLIGHT": "8",
+}
+MIXED = ("wanx2.1-t2i-turbo", "star-3-alpha-t2i")
+
+
+def mixed(n: int, models: tuple[str, ...] = MIXED) -> list[tuple[str, bytes]]:
+    """``n`` original requests taking turns over ``models``, each with a fresh task id."""
+    return [(f"r{i:05d}-{secrets.token_hex(4)}", seed_body(models[i % len(models)])) for i in range(n)]
+
+
+@dataclass
+class Reliability:
+    """One reliability run: the clusters it builds, the bus, its report line, and its size (short, or ``--long``)."""
+
+    make_cluster: MakeCluster
+    bus: Bus
+    report: Report
+    long_run: bool
+
+    def size(self, short: int, long: int) -> int:
+        return long if self.long_run else short
+
+    async def fast_cluster(self, task_seconds: float, **extra_env: str) -> tuple[Cluster, DaemonProcess]:
+        """A cluster on an emulator without limits whose tasks take ``task_seconds``, with one FAST daemon up."""
+        config = SimulatorConfig.without_limits(task_seconds=task_seconds)
+        cluster = await self.make_cluster(config, **{**FAST, **extra_env})
+        return cluster, await cluster.spawn()
+
+    async def publish(self, n: int, models: tuple[str, ...] = MIXED) -> list[str]:
+        return await publish_tasks(self.bus, mixed(n, models))
+
+    async def wait_all(self, cluster: Cluster, ids: list[str], within: float) -> None:
+        """Every task has a terminal event (else fail with the daemons' logs); then late duplicates may arrive."""
+        try:
+            await self.bus.wait_terminal(ids, within=within)
+        except TimeoutError:
+            missing = [t for t in ids if not self.bus.terminal(t)]
+            pytest.fail(
+                f"{len(missing)} task(s) without a terminal event, e.g. {missing[:3]}\n{cluster.logs()}"
+            )
+        await asyncio.sleep(1.0)  # let late duplicates arrive before counting
+
+    def statuses(self, ids: Iterable[str]) -> set[str]:
+        """The statuses of every terminal event of these tasks."""
+        return {event["status"] for task_id in ids for event in self.bus.terminal(task_id)}
+
+    async def tally(self, name: str, cluster: Cluster, ids: list[str], **extra: Any) -> Tally:
+        """Count the run, print its line, and fail if anything was lost, duplicated, leaked or left half-written."""
+        result = await tally(name, cluster, self.bus, ids, **extra)
+        self.report(result.line())
+        assert not result.losses(), result.line()
+        return result

@@ -49,6 +49,8 @@ async def test_original_requests_end_to_end(daemon: Daemon, bus: Bus) -> None:
             assert (result.width, result.height) == (width, height)
             assert len(result.images) == 1
             image = result.images[0]
+            assert image.local_path is not None and image.storage_url == Path(image.local_path).as_uri()
+            assert image.download_url is None  # local files have no download link
             path = Path(image.local_path)
             assert path.is_absolute()
             assert re.fullmatch(IMAGE_NAME_RE, path.name), path.name

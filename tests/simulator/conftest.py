@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import io
 import json
 import secrets
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
+from PIL import Image
 
 from imaged.simulator import Simulator, SimulatorConfig
 
@@ -23,6 +25,7 @@ SECRET_KEY = "sim-secret"
 API_KEY = "sk-sim"
 T2I = "/api/v1/services/aigc/text2image/image-synthesis"
 I2I = "/api/v1/services/aigc/image2image/image-synthesis"
+MESSAGES = "/api/v1/services/aigc/image-generation/generation"
 STAR3_T2I = "/api/generate/webui/text2img/ultra"
 STAR3_TEMPLATE = "5d7e67009b344550bc1aa6ccbfa1d7f4"
 
@@ -189,3 +192,26 @@ async def listener() -> AsyncIterator[Listener]:
     finally:
         probe.server.close()
         await probe.server.wait_closed()
+
+
+async def png_size(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
+    """Download an image the emulator handed out and read its size from the PNG itself."""
+    async with http.get(url) as resp:
+        assert resp.status == 200, url
+        assert resp.content_type == "image/png"
+        data = await resp.read()
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def messages_body(
+    model: str, text: str = "一只小猫", images: tuple[str, ...] = (), **parameters: Any
+) -> dict[str, Any]:
+    """A messages-protocol (wan2.6) submit body: one user message, one text part, optional image parts."""
+    content: list[dict[str, str]] = [{"text": text}, *({"image": image} for image in images)]
+    return {
+        "model": model,
+        "input": {"messages": [{"role": "user", "content": content}]},
+        "parameters": parameters,
+    }

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from pydantic import SecretStr
 
 from imaged.cancels import CancelBoard
-from imaged.catalog import Catalog, ModelSpec
+from imaged.catalog import Catalog, ModelSpec, Price
 from imaged.claims import Claim, Claims, ClaimState
 from imaged.contract import Status, utcnow
 from imaged.errors import DownloadError
@@ -40,7 +40,8 @@ from imaged.providers.base import (
 )
 from imaged.settings import Settings
 from imaged.shares import Shares
-from imaged.store import TaskStore
+from imaged.storage import LocalStore
+from imaged.store import DeleteImages, TaskStore, image_urls
 from imaged.task import Task
 
 FAKE_MODEL = "fake-t2i"
@@ -155,7 +156,7 @@ class MemoryTaskStore(TaskStore):
         self._called("count", f"{owner} {status}")
         return sum(1 for doc in self.docs.values() if _matches(doc, owner, status))
 
-    async def purge_finished(self, *, before: datetime) -> int:
+    async def purge_finished(self, *, before: datetime, delete_images: DeleteImages | None = None) -> int:
         self._called("purge_finished", before.isoformat())
         terminal = {s.value for s in Status if s.terminal}
         gone = [
@@ -165,6 +166,8 @@ class MemoryTaskStore(TaskStore):
             and doc.get("finished_at") is not None
             and doc["finished_at"] < before
         ]
+        if delete_images is not None:
+            await delete_images([url for task_id in gone for url in image_urls(self.docs[task_id])])
         for task_id in gone:
             del self.docs[task_id]
         return len(gone)
@@ -390,7 +393,9 @@ class FakeDownloader(ImageDownloader):
     """Pretends to download: a :class:`SavedImage` per URL, nothing written. :meth:`fail` makes a URL fail."""
 
     def __init__(self, journal: list[str] | None = None) -> None:
-        # No super().__init__: it wants an aiohttp session and an image directory, and the fake uses neither.
+        # No super().__init__: it wants an aiohttp session, and the fake makes no HTTP calls.
+        self.image_dir = Path("images").resolve()
+        self.store = LocalStore(self.image_dir)  # never written to: only asked for links (none, locally)
         self.journal = journal if journal is not None else []
         self.calls: list[str] = []
         self._failures: dict[str, tuple[DownloadError, int | None]] = {}
@@ -399,9 +404,7 @@ class FakeDownloader(ImageDownloader):
         """Downloads of ``url`` raise ``error``: ``times`` times, or always (None)."""
         self._failures[url] = (error, times)
 
-    async def download(
-        self, url: str, provider: str, index: int, when: datetime, *, side_max: int = 8192
-    ) -> SavedImage:
+    async def download(self, url: str, name_of: Callable[[str], str], *, side_max: int = 8192) -> SavedImage:
         self.calls.append(url)
         self.journal.append(f"download {url}")
         failure = self._failures.get(url)
@@ -412,8 +415,11 @@ class FakeDownloader(ImageDownloader):
                     self._failures[url] = (error, times - 1)
                 raise error
         data = url.encode()
+        path = self.image_dir / name_of("png")
+        index = int(path.name.split("_")[-2])  # {provider}_{date}_{time}_{index}_{token}.png
         return SavedImage(
-            path=Path(f"{provider}_{when:%Y%m%d_%H%M%S}_{index}_00000000.png"),
+            storage_url=path.as_uri(),
+            local_path=str(path),
             sha256=hashlib.sha256(data).hexdigest(),
             bytes=1000 + index,
             width=64,
@@ -437,7 +443,7 @@ def make_catalog() -> Catalog:
         provider=FakeProvider.name,
         kind="text-to-image",
         endpoint="/generate",
-        price_per_image=PRICE_PER_IMAGE,
+        price=Price(per_image=PRICE_PER_IMAGE),
     )
     return Catalog({FAKE_MODEL: spec})
 

@@ -243,7 +243,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     # DashScope
     ("wanx2.1-t2i-turbo", {"size": "1024*1024"}, "parameters.prompt: is required"),
     ("wanx2.1-t2i-turbo", {"prompt": "   "}, "parameters.prompt: must not be empty"),
-    ("wanx2.1-t2i-turbo", {"prompt": "x" * 801}, "parameters.prompt: must be at most 800 characters"),
+    ("wanx2.1-t2i-turbo", {"prompt": "x" * 501}, "parameters.prompt: must be at most 500 characters"),
     ("wanx2.1-t2i-turbo", {"prompt": 42}, "parameters.prompt: must be a string (got 42)"),
     (
         "wanx2.1-t2i-turbo",
@@ -355,52 +355,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "liblib-custom",
-        {"baseModelType": "f1", "prompt": "x", "generateParams": {"cfgScale": 20}},
-        "parameters.generateParams.cfgScale: must be 1.0..15.0 (got 20)",
-    ),
-    (
-        "liblib-custom",
         {"baseModelType": "f1", "prompt": "x", "steps": 61},
         "parameters.steps: must be 1..60 (got 61)",
-    ),
-    (
-        "liblib-custom",
-        {"baseModelType": "f1", "prompt": "x", "generateParams": {"width": 2048, "height": 1024}},
-        "parameters.generateParams.width: must be 128..1536 (got 2048)",
-    ),
-    (
-        "liblib-custom",
-        {"baseModelType": "f1", "prompt": "x", "generateParams": {"clipSkip": 13}},
-        "parameters.generateParams.clipSkip: must be 1..12",
-    ),
-    (
-        "liblib-custom",
-        {"baseModelType": "f1", "prompt": "x", "generateParams": {"seed": 10000000000}},
-        "parameters.generateParams.seed: must be -1..9999999999",
-    ),
-    (
-        "liblib-custom",
-        {"baseModelType": "f1", "prompt": "x", "generateParams": {"randnSource": True}},
-        "parameters.generateParams.randnSource: must be an integer",
-    ),
-    (
-        "liblib-custom",
-        {"baseModelType": "f1", "prompt": "x", "generateParams": {"mode": 1}},
-        "parameters.generateParams.mode: must be one of 0, 4",
-    ),
-    (
-        "liblib-custom",
-        {"baseModelType": "f1", "prompt": "x", "generateParams": {"imgCount": 0}},
-        "parameters.generateParams.imgCount: must be 1..4",
-    ),
-    (
-        "liblib-custom",
-        {
-            "baseModelType": "f1",
-            "prompt": "x",
-            "generateParams": {"additionalNetwork": [{"modelId": "a", "weight": 5}]},
-        },
-        "parameters.generateParams.additionalNetwork[0].weight: must be -4.0..4.0 (got 5)",
     ),
     (
         "liblib-custom",
@@ -418,6 +374,35 @@ def test_bad_field_is_named(
     assert expected in message
 
 
+# liblib-custom (F.1, with a prompt), one bad field inside generateParams: the message names it by its path.
+BAD_GENERATE_PARAMS: list[tuple[dict[str, Any], str]] = [
+    ({"cfgScale": 20}, "cfgScale: must be 1.0..15.0 (got 20)"),
+    ({"width": 2048, "height": 1024}, "width: must be 128..1536 (got 2048)"),
+    ({"clipSkip": 13}, "clipSkip: must be 1..12"),
+    ({"seed": 10000000000}, "seed: must be -1..9999999999"),
+    ({"randnSource": True}, "randnSource: must be an integer"),
+    ({"mode": 1}, "mode: must be one of 0, 4"),
+    ({"imgCount": 0}, "imgCount: must be 1..4"),
+    (
+        {"additionalNetwork": [{"modelId": "a", "weight": 5}]},
+        "additionalNetwork[0].weight: must be -4.0..4.0 (got 5)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("generate_params", "expected"),
+    BAD_GENERATE_PARAMS,
+    ids=[expected for _, expected in BAD_GENERATE_PARAMS],
+)
+def test_bad_field_inside_generate_params_is_named_by_its_path(
+    catalog: Catalog, providers: dict[str, Provider], generate_params: dict[str, Any], expected: str
+) -> None:
+    parameters = {"baseModelType": "f1", "prompt": "x", "generateParams": generate_params}
+    message = rejected(catalog, providers, "liblib-custom", parameters)
+    assert f"parameters.generateParams.{expected}" in message
+
+
 def test_every_bad_field_is_reported_at_once(catalog: Catalog, providers: dict[str, Provider]) -> None:
     message = rejected(
         catalog, providers, "wanx2.1-t2i-turbo", {"prompt": "x", "n": 9, "seed": -5, "extra": 1}
@@ -431,13 +416,13 @@ def test_unknown_dashscope_key_lists_the_known_ones(catalog: Catalog, providers:
     message = rejected(catalog, providers, "wanx2.1-t2i-turbo", {"prompt": "x", "steps": 30})
     assert message == (
         "parameters.steps: is not a known parameter "
-        "(expected one of: prompt, negative_prompt, size, n, seed, prompt_extend, watermark)"
+        "(expected one of: prompt, n, seed, watermark, negative_prompt, size, prompt_extend)"
     )
 
 
 def test_prompt_at_the_limit_is_accepted(catalog: Catalog, providers: dict[str, Provider]) -> None:
-    # longer prompts are rejected rather than silently truncated by the provider
-    assert check(catalog, providers, "wanx2.1-t2i-turbo", {"prompt": "猫" * 800})["prompt"] == "猫" * 800
+    # longer prompts are rejected rather than silently truncated by the provider (500 characters for wan2.1)
+    assert check(catalog, providers, "wanx2.1-t2i-turbo", {"prompt": "猫" * 500})["prompt"] == "猫" * 500
 
 
 # --- credentials -----------------------------------------------------------------------------------------------

@@ -1,15 +1,14 @@
 """Provider clients: error codes to categories, task payloads to states, and the HTTP layer on loopback.
 
-Payloads are the examples recorded in providers.md; the HTTP tests use a tiny aiohttp server on 127.0.0.1.
+Payloads are the examples recorded in providers.md; the HTTP tests use a tiny aiohttp server on 127.0.0.1
+(tests/servers.py), scripted to misbehave for the fault cases.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -24,8 +23,10 @@ from imaged.contract import ErrorCategory
 from imaged.errors import ProviderError
 from imaged.providers import aliyun, liblibai
 from imaged.providers.aliyun import AliyunProvider, AliyunSettings
-from imaged.providers.base import Credential, HttpReply, ProviderState, parse_retry_after
+from imaged.providers.base import Credential, HttpReply, Provider, ProviderState, parse_retry_after
 from imaged.providers.liblibai import LiblibProvider, LiblibSettings, sign
+
+from ..servers import Handler, answer, free_port, hang, serve
 
 C = ErrorCategory
 
@@ -416,24 +417,6 @@ def test_liblib_malformed_status(data: Any) -> None:
 
 # --- HTTP on loopback ---------------------------------------------------------------------------------------------
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@asynccontextmanager
-async def serve(routes: Sequence[tuple[str, str, Handler]]) -> AsyncIterator[str]:
-    app = web.Application()
-    for method, path, handler in routes:
-        app.router.add_route(method, path, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
@@ -504,11 +487,11 @@ async def test_dashscope_round_trip(session: aiohttp.ClientSession, catalog: Cat
         ("GET", "/api/v1/tasks/{task_id}", query),
         ("POST", "/api/v1/tasks/{task_id}/cancel", cancel),
     ]
-    async with serve(routes) as base:
+    async with serve(routes) as server:
         provider = AliyunProvider(AliyunSettings(), session)
         spec = spec_of(catalog, "wanx2.1-t2i-turbo")
         params = provider.validate(spec, {"prompt": "cat", "size": "1024*768"})
-        cred = aliyun_credential(base)
+        cred = aliyun_credential(server.url)
         assert await provider.submit(cred, spec, params) == "t-1"
         result = await provider.poll(cred, spec, "t-1", params)
         assert result.state is ProviderState.SUCCEEDED and [i.url for i in result.images] == [
@@ -531,82 +514,123 @@ async def test_dashscope_round_trip(session: aiohttp.ClientSession, catalog: Cat
     assert "X-DashScope-Async" not in headers
 
 
-async def test_dashscope_http_errors(session: aiohttp.ClientSession, catalog: Catalog) -> None:
-    async def throttled(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"code": "Throttling.RateQuota", "message": "slow down", "request_id": "r"},
-            status=429,
-            headers={"Retry-After": "7"},
-        )
+# Fault servers: one provider endpoint scripted to misbehave, and the ProviderError its client must make of it.
 
-    async def bad_key(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"code": "InvalidApiKey", "message": "Invalid API-key provided."}, status=401
-        )
-
-    async def garbage(request: web.Request) -> web.Response:
-        return web.Response(text="<html>oops</html>", content_type="text/html")
-
-    async def gateway(request: web.Request) -> web.Response:
-        return web.Response(text="Bad Gateway", status=502)
-
-    async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(1)
-        return web.json_response({})
-
-    routes = [
-        ("POST", "/throttled/api/v1/services/aigc/text2image/image-synthesis", throttled),
-        ("POST", "/badkey/api/v1/services/aigc/text2image/image-synthesis", bad_key),
-        ("POST", "/garbage/api/v1/services/aigc/text2image/image-synthesis", garbage),
-        ("GET", "/garbage/api/v1/tasks/{task_id}", garbage),
-        ("GET", "/gateway/api/v1/tasks/{task_id}", gateway),
-        ("GET", "/slow/api/v1/tasks/{task_id}", slow),
-    ]
-    spec = spec_of(catalog, "wanx2.1-t2i-turbo")
-    async with serve(routes) as base:
-        provider = FastAliyun(AliyunSettings(), session)
-        params = provider.validate(spec, {"prompt": "cat"})
-        cases: list[tuple[str, Callable[[Credential], Awaitable[object]], ErrorCategory, bool, str]] = [
-            (
-                "/throttled",
-                lambda c: provider.submit(c, spec, params),
-                C.RATE_LIMITED,
-                True,
-                "Throttling.RateQuota",
-            ),
-            ("/badkey", lambda c: provider.submit(c, spec, params), C.AUTH, False, "InvalidApiKey"),
-            (
-                "/garbage",
-                lambda c: provider.submit(c, spec, params),
-                C.PROVIDER_ERROR,
-                True,
-                "malformed_response",
-            ),
-            (
-                "/garbage",
-                lambda c: provider.poll(c, spec, "t", params),
-                C.PROVIDER_ERROR,
-                True,
-                "malformed_response",
-            ),
-            ("/gateway", lambda c: provider.poll(c, spec, "t", params), C.PROVIDER_ERROR, True, "http_502"),
-            ("/slow", lambda c: provider.poll(c, spec, "t", params), C.PROVIDER_ERROR, True, "timeout"),
-        ]
-        for prefix, call, category, retryable, code in cases:
-            with pytest.raises(ProviderError) as caught:
-                await call(aliyun_credential(base + prefix))
-            error = caught.value
-            assert (error.category, error.retryable, error.code) == (category, retryable, code), prefix
-            assert API_KEY not in error.message
-            if prefix == "/throttled":
-                assert error.retry_after == 7.0 and error.provider_status == 429
+ENDPOINTS: dict[tuple[str, str], tuple[str, str]] = {
+    ("aliyun", "submit"): ("POST", "/api/v1/services/aigc/text2image/image-synthesis"),
+    ("aliyun", "poll"): ("GET", "/api/v1/tasks/{task_id}"),
+    ("liblibai", "submit"): ("POST", "/api/generate/webui/text2img/ultra"),
+    ("liblibai", "poll"): ("POST", "/api/generate/webui/status"),
+}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+@dataclass(frozen=True)
+class Fault:
+    provider: str  # "aliyun" or "liblibai"
+    operation: str  # "submit" or "poll"
+    answer: Handler
+    expected: tuple[ErrorCategory, bool, str]  # category, retryable, code
+    provider_status: int | None  # None: no answer at all
+    retry_after: float | None = None
+
+
+HTML = answer(text="<html>oops</html>", content_type="text/html")
+THROTTLED = {"code": "Throttling.RateQuota", "message": "slow down", "request_id": "r"}
+BAD_KEY = {"code": "InvalidApiKey", "message": "Invalid API-key provided."}
+BUSY = {"code": 100054, "msg": "concurrency limit", "data": None}
+
+FAULTS = [
+    pytest.param(
+        Fault(
+            "aliyun",
+            "submit",
+            answer(429, json=THROTTLED, headers={"Retry-After": "7"}),
+            (C.RATE_LIMITED, True, "Throttling.RateQuota"),
+            429,
+            retry_after=7.0,
+        ),
+        id="dashscope-submit-throttled",
+    ),
+    pytest.param(
+        Fault("aliyun", "submit", answer(401, json=BAD_KEY), (C.AUTH, False, "InvalidApiKey"), 401),
+        id="dashscope-submit-bad-key",
+    ),
+    pytest.param(
+        Fault("aliyun", "submit", HTML, (C.PROVIDER_ERROR, True, "malformed_response"), 200),
+        id="dashscope-submit-html",
+    ),
+    pytest.param(
+        Fault("aliyun", "poll", HTML, (C.PROVIDER_ERROR, True, "malformed_response"), 200),
+        id="dashscope-poll-html",
+    ),
+    pytest.param(
+        Fault("aliyun", "poll", answer(502, text="Bad Gateway"), (C.PROVIDER_ERROR, True, "http_502"), 502),
+        id="dashscope-poll-bad-gateway",
+    ),
+    pytest.param(
+        Fault("aliyun", "poll", hang, (C.PROVIDER_ERROR, True, "timeout"), None),
+        id="dashscope-poll-no-answer",
+    ),
+    pytest.param(
+        Fault("liblibai", "submit", answer(json=BUSY), (C.RATE_LIMITED, True, "100054"), 200),
+        id="liblib-submit-concurrency-limit",
+    ),
+    pytest.param(
+        Fault(
+            "liblibai",
+            "submit",
+            answer(429, text="Too Many Requests", headers={"Retry-After": "2"}),
+            (C.RATE_LIMITED, True, "429"),
+            429,
+            retry_after=2.0,
+        ),
+        id="liblib-submit-too-many-requests",
+    ),
+    pytest.param(
+        Fault(
+            "liblibai",
+            "poll",
+            answer(body=b'{"code": 0, "data": {', content_type="application/json"),
+            (C.PROVIDER_ERROR, True, "malformed_response"),
+            200,
+        ),
+        id="liblib-poll-truncated-json",
+    ),
+    pytest.param(
+        Fault("liblibai", "poll", hang, (C.PROVIDER_ERROR, True, "timeout"), None),
+        id="liblib-poll-no-answer",
+    ),
+]
+
+
+async def call(fault: Fault, session: aiohttp.ClientSession, catalog: Catalog, base_url: str) -> object:
+    """The fault's operation through its provider's client (0.3 s request timeout) against ``base_url``."""
+    provider: Provider
+    if fault.provider == "aliyun":
+        provider, spec = FastAliyun(AliyunSettings(), session), spec_of(catalog, "wanx2.1-t2i-turbo")
+        cred = aliyun_credential(base_url)
+    else:
+        provider, spec = FastLiblib(LiblibSettings(), session), spec_of(catalog, "star-3-alpha-t2i")
+        cred = liblib_credential(base_url)
+    params = provider.validate(spec, {"prompt": "cat"})
+    if fault.operation == "submit":
+        return await provider.submit(cred, spec, params)
+    return await provider.poll(cred, spec, "t", params)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_http_faults_become_provider_errors(
+    fault: Fault, session: aiohttp.ClientSession, catalog: Catalog
+) -> None:
+    method, path = ENDPOINTS[fault.provider, fault.operation]
+    async with serve([(method, path, fault.answer)]) as server:
+        with pytest.raises(ProviderError) as caught:
+            await call(fault, session, catalog, server.url)
+    error = caught.value
+    assert (error.category, error.retryable, error.code) == fault.expected
+    assert (error.provider_status, error.retry_after) == (fault.provider_status, fault.retry_after)
+    for secret in (API_KEY, ACCESS_KEY, SECRET_KEY):
+        assert secret not in error.message
 
 
 async def test_connection_errors(session: aiohttp.ClientSession, catalog: Catalog) -> None:
@@ -664,9 +688,9 @@ async def test_liblib_round_trip(session: aiohttp.ClientSession, catalog: Catalo
         ("POST", "/api/generate/webui/img2img", submit),
         ("POST", "/api/generate/webui/status", status_route),
     ]
-    async with serve(routes) as base:
+    async with serve(routes) as server:
         provider = LiblibProvider(LiblibSettings(), session)
-        cred = liblib_credential(base)
+        cred = liblib_credential(server.url)
         star3 = spec_of(catalog, "star-3-alpha-t2i")
         params = provider.validate(
             star3, {"prompt": "cat", "aspectRatio": "portrait", "imgCount": 1, "steps": 30}
@@ -683,7 +707,7 @@ async def test_liblib_round_trip(session: aiohttp.ClientSession, catalog: Catalo
         )
         await provider.submit(cred, custom, params)
 
-        wrong = Credential("liblibai-1", SecretStr(ACCESS_KEY), SecretStr("wrong"), base, 5)
+        wrong = Credential("liblibai-1", SecretStr(ACCESS_KEY), SecretStr("wrong"), server.url, 5)
         with pytest.raises(ProviderError) as caught:
             await provider.poll(wrong, star3, task_id, params)
         assert (caught.value.category, caught.value.code) == (C.AUTH, "401")
@@ -707,53 +731,6 @@ async def test_liblib_round_trip(session: aiohttp.ClientSession, catalog: Catalo
     }
     nonces = {entry[1]["SignatureNonce"] for entry in seen}
     assert len(nonces) == len(seen)  # every request signed afresh
-
-
-async def test_liblib_http_errors(session: aiohttp.ClientSession, catalog: Catalog) -> None:
-    async def busy(request: web.Request) -> web.Response:
-        return web.json_response({"code": 100054, "msg": "concurrency limit", "data": None})
-
-    async def rate(request: web.Request) -> web.Response:
-        return web.Response(text="Too Many Requests", status=429, headers={"Retry-After": "2"})
-
-    async def broken(request: web.Request) -> web.Response:
-        return web.Response(body=b'{"code": 0, "data": {', content_type="application/json")
-
-    async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(1)
-        return web.json_response({})
-
-    routes = [
-        ("POST", "/busy/api/generate/webui/text2img/ultra", busy),
-        ("POST", "/rate/api/generate/webui/text2img/ultra", rate),
-        ("POST", "/broken/api/generate/webui/status", broken),
-        ("POST", "/slow/api/generate/webui/status", slow),
-    ]
-    star3 = spec_of(catalog, "star-3-alpha-t2i")
-    async with serve(routes) as base:
-        provider = FastLiblib(LiblibSettings(), session)
-        params = provider.validate(star3, {"prompt": "cat"})
-        cases: list[tuple[str, Callable[[Credential], Awaitable[object]], ErrorCategory, str]] = [
-            ("/busy", lambda c: provider.submit(c, star3, params), C.RATE_LIMITED, "100054"),
-            ("/rate", lambda c: provider.submit(c, star3, params), C.RATE_LIMITED, "429"),
-            (
-                "/broken",
-                lambda c: provider.poll(c, star3, "u", params),
-                C.PROVIDER_ERROR,
-                "malformed_response",
-            ),
-            ("/slow", lambda c: provider.poll(c, star3, "u", params), C.PROVIDER_ERROR, "timeout"),
-        ]
-        for prefix, call, category, code in cases:
-            with pytest.raises(ProviderError) as caught:
-                await call(liblib_credential(base + prefix))
-            assert (caught.value.category, caught.value.code, caught.value.retryable) == (
-                category,
-                code,
-                True,
-            )
-            if prefix == "/rate":
-                assert caught.value.retry_after == 2.0
 
 
 def test_region_base_urls() -> None:

@@ -10,6 +10,7 @@ from imaged.errors import ConfigError
 from imaged.providers.aliyun import AliyunProvider, AliyunSettings
 from imaged.providers.liblibai import LiblibProvider, LiblibSettings
 from imaged.settings import Settings
+from imaged.storage.s3 import S3Settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -89,8 +90,8 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 def test_env_example_documents_every_setting() -> None:
     text = (Path(__file__).parents[2] / ".env.example").read_text(encoding="utf-8")
     names = [f"IMAGED_{name.upper()}" for name in Settings.model_fields]
-    for provider in (AliyunProvider, LiblibProvider):
-        prefix = str(provider.settings_model.model_config.get("env_prefix"))
-        names += [f"{prefix}{name.upper()}" for name in provider.settings_model.model_fields]
+    for model in (AliyunProvider.settings_model, LiblibProvider.settings_model, S3Settings):
+        prefix = str(model.model_config.get("env_prefix"))
+        names += [f"{prefix}{name.upper()}" for name in model.model_fields]
     missing = [name for name in names if f"{name}=" not in text]  # commented or not
     assert not missing, f".env.example lacks {missing}"

@@ -15,6 +15,8 @@ _EXACT_CODES: dict[str, tuple[ErrorCategory, bool]] = {
     "Arrearage": (ErrorCategory.QUOTA, False),
     "AllocationQuota.FreeTierOnly": (ErrorCategory.QUOTA, False),
     "InvalidApiKey": (ErrorCategory.AUTH, False),
+    # "Failed to download multimodal content": an input image URL is unreachable or expired; fix the input
+    "InternalError.Algo.InvalidParameter": (ErrorCategory.INVALID_REQUEST, False),
 }
 
 # Families, matched on the code or its part before the first dot (``Throttling.RateQuota`` -> ``Throttling``).

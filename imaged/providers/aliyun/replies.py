@@ -63,8 +63,10 @@ def parse_task(body: Any, params: dict[str, Any] | None = None) -> PollResult:
         return PollResult(state=state, progress=_progress(output), info=info)
 
     results = output.get("results")
+    if not isinstance(results, list) and isinstance(output.get("choices"), list):
+        results = _message_results(output["choices"])
     if not isinstance(results, list):
-        raise malformed(what, "SUCCEEDED without a 'results' list", 200)
+        raise malformed(what, "SUCCEEDED without a 'results' (or 'choices') list", 200)
     base_seed = (params or {}).get("seed")
     images: list[ProviderImage] = []
     failed: list[dict[str, Any]] = []
@@ -103,3 +105,22 @@ def parse_task(body: Any, params: dict[str, Any] | None = None) -> PollResult:
             retryable=False,
         )
     return PollResult(state=ProviderState.FAILED, progress=1.0, failed_images=failed, error=error, info=info)
+
+
+def _message_results(choices: list[Any]) -> list[Any]:
+    """The messages protocol's ``choices[].message.content[]`` as classic ``results`` entries: one per image
+    part (text parts of an interleaved answer are left out); a choice without an image is a failed entry."""
+    results: list[Any] = []
+    for choice in choices:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            results.append({"code": "malformed_response", "message": "a choice without message content"})
+            continue
+        images = [
+            part["image"] for part in content if isinstance(part, dict) and isinstance(part.get("image"), str)
+        ]
+        results.extend({"url": url} for url in images)
+        if not images:
+            results.append({"code": "no_image", "message": "a choice without an image"})
+    return results
