@@ -71,6 +71,13 @@ class SizeRule(BaseModel):
             return f"must be one of {', '.join(self.tiers)}"
         return None
 
+    def text_problem(self, size: str) -> str | None:
+        """Why a ``"W*H"`` size (or a tier name) is not allowed, or None."""
+        if size in self.tiers:
+            return None
+        parsed = parse_size(size)
+        return "must be 'W*H'" if parsed is None else self.problem(*parsed)
+
     def largest_side(self) -> int:
         """The longest side a size within this rule can have."""
         sides = [max(size) for text in (*self.choices, *self.tiers.values()) if (size := parse_size(text))]

@@ -77,6 +77,33 @@ def check_plain_keys(value: Any, depth: int = 0) -> None:
             check_plain_keys(item, depth + 1)
 
 
+WebhookEvent = Literal["pending", "processing", "progress", "completed", "failed", "canceled"]
+
+TERMINAL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "failed", "canceled")
+#: a webhook URL longer than this is refused
+WEBHOOK_URL_MAX_CHARS = 2048
+
+
+class Webhook(BaseModel):
+    """Where a task's events are also POSTed, signed (Standard Webhooks): ``events`` names which."""
+
+    model_config = ConfigDict(extra="forbid", title="ImagedWebhook")
+
+    url: str = Field(max_length=WEBHOOK_URL_MAX_CHARS, description="http(s) URL of the receiver")
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(TERMINAL_WEBHOOK_EVENTS),
+        min_length=1,
+        description="which events to deliver (by status; default: the terminal ones)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
 class Request(BaseModel):
     """An image-generation request as published to ``<prefix>.requests`` (or POSTed to the HTTP API)."""
 
@@ -93,6 +120,7 @@ class Request(BaseModel):
     timeout_s: float | None = Field(
         None, gt=0, le=86400, description="deadline; defaults to the daemon's setting"
     )
+    webhook: Webhook | None = Field(None, description="also POST the task's events here, signed")
 
     @model_validator(mode="before")
     @classmethod

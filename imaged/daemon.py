@@ -130,7 +130,11 @@ class Daemon:
     async def start(self) -> None:
         s = self.settings
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        self.providers = self._build_providers(self.session)
+        try:
+            self.providers = self._build_providers(self.session)
+        except BaseException:
+            await self.session.close()  # nothing else has started yet
+            raise
         try:
             await self.store.ensure_indexes()
             await self.replicas.ensure_indexes()
@@ -424,12 +428,18 @@ class Daemon:
         owner: str | None,
         correlation_id: str | None,
         reply_to: str | None,
+        fingerprint: str | None = None,
     ) -> Submitted:
         """A request from the HTTP API, handed to intake in this process."""
         if self.intake is None:
             raise RuntimeError("imaged is still starting")
         return await self.intake.submit(
-            request, task_id=task_id, owner=owner, correlation_id=correlation_id, reply_to=reply_to
+            request,
+            task_id=task_id,
+            owner=owner,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            fingerprint=fingerprint,
         )
 
     async def readiness(self) -> dict[str, Any]:

@@ -186,6 +186,7 @@ class Intake:
         owner: str | None,
         correlation_id: str | None,
         reply_to: str | None,
+        fingerprint: str | None = None,
     ) -> Submitted:
         """Record the task (once per id), announce it and forward it to its lane.
 
@@ -208,6 +209,8 @@ class Intake:
             correlation_id=correlation_id,
             reply_to=reply_to,
             metadata=request.metadata,
+            webhook=request.webhook.model_dump() if request.webhook else None,
+            fingerprint=fingerprint,
             seq=1,  # the task.pending event below
             deadline=now + timedelta(seconds=timeout_s),
             history=[{"status": Status.PENDING.value, "at": now}],

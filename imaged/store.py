@@ -73,6 +73,10 @@ class TaskStore(abc.ABC):
     async def count(self, *, owner: str | None = None, status: str | None = None) -> int: ...
 
     @abc.abstractmethod
+    async def latest_with_fingerprint(self, fingerprint: str, *, since: datetime) -> Task | None:
+        """The newest task created since then from a request with this fingerprint (see ``Task.fingerprint``)."""
+
+    @abc.abstractmethod
     async def purge_finished(self, *, before: datetime, delete_images: DeleteImages | None = None) -> int:
         """Retention: delete tasks that finished before the cutoff; their images too when ``delete_images`` is
         given (called with their storage URLs before the tasks go, so no image outlives its task unseen)."""
@@ -157,6 +161,9 @@ class MongoTaskStore(TaskStore):
         )
         await self.tasks.create_index([("provider_task_id", ASCENDING)], name="provider_task_id")
         await self.tasks.create_index([("finished_at", ASCENDING)], name="finished_at")
+        await self.tasks.create_index(
+            [("fingerprint", ASCENDING), ("created_at", DESCENDING)], name="fingerprint_created"
+        )
 
     async def create(self, task: Task) -> tuple[Task, bool]:
         if await self.writes.insert(task.to_doc()):
@@ -172,6 +179,12 @@ class MongoTaskStore(TaskStore):
 
     async def get(self, task_id: str) -> Task | None:
         doc = await self.tasks.find_one({"_id": task_id})
+        return None if doc is None else Task.from_doc(doc)
+
+    async def latest_with_fingerprint(self, fingerprint: str, *, since: datetime) -> Task | None:
+        doc = await self.tasks.find_one(
+            {"fingerprint": fingerprint, "created_at": {"$gte": since}}, sort=[("created_at", DESCENDING)]
+        )
         return None if doc is None else Task.from_doc(doc)
 
     async def save(

@@ -32,6 +32,11 @@ class Task:
     correlation_id: str | None = None
     reply_to: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: where its events are also POSTed (``contract.Webhook`` as a dict), if the request named one
+    webhook: dict[str, Any] | None = None
+    #: sha256 of the HTTP request that created it (tenant and body): an Idempotency-Key reused with another body
+    #: is refused, and an SDK's retry of the same body finds its task
+    fingerprint: str | None = None
     provider_task_id: str | None = None
     credential: str | None = None
     attempts: int = 0
@@ -68,6 +73,8 @@ class Task:
                 "correlation_id": self.correlation_id,
                 "reply_to": self.reply_to,
                 "metadata": self.metadata,
+                "webhook": self.webhook,
+                "fingerprint": self.fingerprint,
                 "provider_task_id": self.provider_task_id,
                 "credential": self.credential,
                 "attempts": self.attempts,
@@ -98,6 +105,7 @@ class Task:
             "correlation_id": self.correlation_id,
             "reply_to": self.reply_to,
             "metadata": self.metadata,
+            "webhook": self.webhook,
             "seq": self.seq,
             "created_at": self.created_at.isoformat(),
             "deadline": self.deadline.isoformat() if self.deadline else None,
@@ -120,6 +128,7 @@ class Task:
             correlation_id=data.get("correlation_id"),
             reply_to=data.get("reply_to"),
             metadata=dict(data.get("metadata") or {}),
+            webhook=data.get("webhook"),
             seq=int(data["seq"]),
             deadline=datetime.fromisoformat(deadline) if deadline else None,
         )
@@ -142,6 +151,8 @@ class Task:
             correlation_id=doc.get("correlation_id"),
             reply_to=doc.get("reply_to"),
             metadata=doc.get("metadata") or {},
+            webhook=doc.get("webhook"),
+            fingerprint=doc.get("fingerprint"),
             provider_task_id=doc.get("provider_task_id"),
             credential=doc.get("credential"),
             attempts=int(doc.get("attempts") or 0),

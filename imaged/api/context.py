@@ -38,6 +38,7 @@ class SubmitRequest(Protocol):
         owner: str | None,
         correlation_id: str | None,
         reply_to: str | None,
+        fingerprint: str | None = None,
     ) -> Any: ...
 
 

@@ -102,7 +102,7 @@ def check_size_text(value: str, info: ValidationInfo) -> str:
     rule = accepts_of(info).size
     if rule is not None and value in rule.tiers:
         return value
-    parsed = parse_size(value)
+    parsed = parse_size(value)  # (SizeRule.text_problem says less: this names the 'x' mistake and the tiers)
     if parsed is None:
         if _SIZE_X.match(value):
             raise ValueError("must be 'W*H' with '*', as the API requires (e.g. 1024*1024), not 'x'")

@@ -65,6 +65,11 @@ class ImageStore(abc.ABC):
         where the store has none (local files)."""
 
     @abc.abstractmethod
+    async def read(self, storage_url: str, max_bytes: int) -> bytes:
+        """An image's bytes (the OpenAI API's ``b64_json``); StorageError when it is not this store's, is gone,
+        or is larger than ``max_bytes``."""
+
+    @abc.abstractmethod
     async def delete(self, storage_urls: Sequence[str]) -> int:
         """Delete images of this store (retention); others are left alone. Returns how many went."""
 

@@ -45,6 +45,23 @@ class LocalStore(ImageStore):
         path = Path(unquote(parts.path))
         return path if path.parent == self.image_dir else None
 
+    async def read(self, storage_url: str, max_bytes: int) -> bytes:
+        path = self.path_of(storage_url)
+        if path is None:
+            raise StorageError("not an image of this store")
+
+        def load() -> bytes:
+            with path.open("rb") as file:
+                data = file.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise StorageError(f"image is larger than {max_bytes} bytes")
+            return data
+
+        try:
+            return await asyncio.to_thread(load)
+        except FileNotFoundError:
+            raise StorageError("the image is gone") from None
+
     async def delete(self, storage_urls: Sequence[str]) -> int:
         paths = [p for url in storage_urls if (p := self.path_of(url)) is not None]
 

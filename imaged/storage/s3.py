@@ -145,6 +145,21 @@ class S3Store(ImageStore):
         )
         return url
 
+    async def read(self, storage_url: str, max_bytes: int) -> bytes:
+        key = self.key_of(storage_url)
+        if key is None:
+            raise StorageError("not an image of this store")
+        try:
+            reply = await self.client.get_object(Bucket=self.bucket, Key=key)
+            if reply["ContentLength"] > max_bytes:
+                raise StorageError(f"image is larger than {max_bytes} bytes")
+            async with reply["Body"] as body:
+                data: bytes = await body.read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            raise StorageError(f"the image could not be read ({code})") from None
+        return data
+
     async def delete(self, storage_urls: Sequence[str]) -> int:
         keys = [key for url in storage_urls if (key := self.key_of(url)) is not None]
         removed = 0

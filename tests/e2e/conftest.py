@@ -32,7 +32,7 @@ def report(request: pytest.FixtureRequest) -> Report:
 
 @pytest.fixture
 async def make_cluster(namespace: str, tmp_path: Path, bus: Bus) -> AsyncIterator[MakeCluster]:
-    """Build a cluster around a started emulator; its daemons are killed, then its emulator stopped, after the test."""
+    """Build a cluster around a started emulator; after the test its daemons are killed and its emulator stopped."""
     async with AsyncExitStack() as stack:
 
         async def build(config: SimulatorConfig, **extra_env: str) -> Cluster:

@@ -156,6 +156,15 @@ class MemoryTaskStore(TaskStore):
         self._called("count", f"{owner} {status}")
         return sum(1 for doc in self.docs.values() if _matches(doc, owner, status))
 
+    async def latest_with_fingerprint(self, fingerprint: str, *, since: datetime) -> Task | None:
+        found = [
+            doc
+            for doc in self.docs.values()
+            if doc.get("fingerprint") == fingerprint and doc["created_at"] >= since
+        ]
+        newest = max(found, key=lambda doc: doc["created_at"], default=None)
+        return None if newest is None else Task.from_doc(copy.deepcopy(newest))
+
     async def purge_finished(self, *, before: datetime, delete_images: DeleteImages | None = None) -> int:
         self._called("purge_finished", before.isoformat())
         terminal = {s.value for s in Status if s.terminal}

@@ -217,14 +217,19 @@ def test_liblib_unknown_keys_inside_generate_params_pass_through(
 
 
 def test_catalog_limits_apply(providers: dict[str, Provider]) -> None:
-    spec = ModelSpec(
-        name="wanx-small",
-        provider="aliyun",
-        kind="text-to-image",
-        endpoint="/services/aigc/text2image/image-synthesis",
-        defaults={"n": 1},
-        limits={"side_min": 512, "side_max": 1024, "n_max": 2, "prompt_max": 10},
+    entry: dict[str, Any] = {
+        "name": "wanx-small",
+        "provider": "aliyun",
+        "kind": "text-to-image",
+        "endpoint": "/services/aigc/text2image/image-synthesis",
+        "defaults": {"n": 1},
+    }
+    spec = ModelSpec.model_validate(
+        {**entry, "accepts": {"prompt": 10, "n": [1, 2], "size": {"sides": [512, 1024]}}}
     )
+    # A catalog written for imaged 0.1 says the same with `limits`.
+    earlier = {"side_min": 512, "side_max": 1024, "n_max": 2, "prompt_max": 10}
+    assert ModelSpec.model_validate({**entry, "limits": earlier}) == spec
     provider = providers["aliyun"]
     assert provider.validate(spec, {"prompt": "0123456789", "size": "1024*512", "n": 2})["n"] == 2
     for params, field in (

@@ -87,10 +87,9 @@ class AliyunProvider(Provider):
             size = spec.defaults.get("size")
             if not isinstance(size, str):
                 raise ConfigError(f"model {spec.name!r}: defaults.size is required (models differ in theirs)")
-            try:
-                validate_model(model, {"prompt": "x", "size": size}, accepts=spec.accepts)
-            except InvalidRequest as exc:
-                raise ConfigError(f"model {spec.name!r}: defaults.size: {exc.message}") from None
+            problem = spec.accepts.size.text_problem(size) if spec.accepts.size is not None else None
+            if problem is not None:
+                raise ConfigError(f"model {spec.name!r}: defaults.size {size!r}: {problem}")
 
     def validate(self, spec: ModelSpec, parameters: dict[str, Any]) -> dict[str, Any]:
         model = PARAMS.get((family_of(spec), spec.kind))

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -75,7 +76,7 @@ class TextToImageParams(_Common):
 class ImageToImageParams(TextToImageParams):
     """Image-to-image with input images (wan2.5-i2i-preview, wan2.6-image): URLs or data URIs, never fetched."""
 
-    images: list[StrictStr] = []
+    images: list[StrictStr] = Field(default_factory=list, validate_default=True)  # the catalog may want some
 
     @field_validator("images")
     @classmethod

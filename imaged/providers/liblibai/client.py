@@ -123,7 +123,13 @@ class LiblibProvider(Provider):
         line = options.line_of(spec)
         model = params_model(spec, options)
         custom = line == "custom"
-        merged, where, problems = merge(parameters, model, ("baseModelType",) if custom else ())
+        if line == "comfyui":  # node ids are the workflow's own keys: anything but workflowUuid is a node
+            merged, where, problems = merge(
+                parameters, model, tuple(k for k in parameters if k != "workflowUuid")
+            )
+            merged |= {k: v for k, v in parameters.items() if k != "generateParams"}
+        else:
+            merged, where, problems = merge(parameters, model, ("baseModelType",) if custom else ())
         for key, value in spec.defaults.items():
             if key in model.model_fields:
                 merged.setdefault(key, value)
