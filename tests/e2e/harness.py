@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import secrets
 import signal
 import sys
@@ -23,8 +24,8 @@ import aiohttp
 import pytest
 from pymongo import AsyncMongoClient
 
-from imaged.images import leftover_parts
 from imaged.simulator import Simulator, SimulatorConfig
+from imaged.storage.local import leftover_parts
 
 from ..servers import free_port
 from ..support import AMQP_URL, MONGODB_URL, Bus, seed_body
@@ -301,6 +302,19 @@ class Reliability:
 
     async def publish(self, n: int, models: tuple[str, ...] = MIXED) -> list[str]:
         return await publish_tasks(self.bus, mixed(n, models))
+
+    async def kill_during_run(
+        self, cluster: Cluster, daemon: DaemonProcess, ids: list[str], planned: int
+    ) -> int:
+        """``kill -9`` the daemon every 1-3 s (starting it again each time) until ``planned`` kills are done or
+        every task has finished; returns the kills made."""
+        kills = 0
+        while kills < planned and not all(self.bus.terminal(t) for t in ids):
+            await asyncio.sleep(random.uniform(1.0, 3.0))
+            await daemon.kill()
+            kills += 1
+            await cluster.restart(daemon)
+        return kills
 
     async def wait_all(self, cluster: Cluster, ids: list[str], within: float) -> None:
         """Every task has a terminal event (else fail with the daemons' logs); then late duplicates may arrive."""

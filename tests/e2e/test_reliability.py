@@ -7,7 +7,6 @@ Short variants run in `make test`; `--long` runs the long ones (hundreds of task
 from __future__ import annotations
 
 import asyncio
-import random
 
 import aiohttp
 import pytest
@@ -25,12 +24,7 @@ async def test_r1_kill9_during_run(reliability: Reliability) -> None:
     n, planned_kills = run.size(60, 300), run.size(4, 25)
     cluster, daemon = await run.fast_cluster(task_seconds=1.0)
     ids = await run.publish(n)
-    kills = 0
-    while kills < planned_kills and not all(run.bus.terminal(t) for t in ids):
-        await asyncio.sleep(random.uniform(1.0, 3.0))
-        await daemon.kill()
-        kills += 1
-        await cluster.restart(daemon)
+    kills = await run.kill_during_run(cluster, daemon, ids, planned_kills)
     await run.wait_all(cluster, ids, within=run.size(120, 600))
     assert await daemon.terminate() == 0
     result = await run.tally("R1", cluster, ids, kills=kills)
