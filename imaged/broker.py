@@ -41,6 +41,8 @@ class Topology:
     # A lane message comes back whenever a replica stops or dies mid-task (routine during deploys), so lanes
     # tolerate more deliveries than requests, whose processing takes milliseconds.
     lane_delivery_limit: int = 20
+    # Webhook backoff tiers (queues ``<prefix>.webhooks.wait.0`` ..): not a field, every replica has the same.
+    WEBHOOK_WAIT_TIERS = 7
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -74,9 +76,29 @@ class Topology:
     def dead_watch(self) -> str:
         return f"{self.prefix}.dead.watch"
 
+    @property
+    def webhooks(self) -> str:
+        """Webhook deliveries that are due (``imaged/webhooks``)."""
+        return f"{self.prefix}.webhooks"
+
+    def webhook_wait(self, tier: int) -> str:
+        """Where a webhook delivery waits before its next attempt: one queue per backoff tier, so that every
+        message of a queue waits as long as the others (a queue expires messages only at its head)."""
+        return f"{self.prefix}.webhooks.wait.{tier}"
+
+    @property
+    def webhook_queues(self) -> list[str]:
+        return [self.webhooks, *(self.webhook_wait(tier) for tier in range(self.WEBHOOK_WAIT_TIERS))]
+
     def queues(self, providers: Iterable[str]) -> list[str]:
         """Every durable queue of this prefix (cleanup and checks derive names from here, not by hand)."""
-        return [self.requests, *(self.work(p) for p in providers), self.dead, self.dead_watch]
+        return [
+            self.requests,
+            *(self.work(p) for p in providers),
+            self.dead,
+            self.dead_watch,
+            *self.webhook_queues,
+        ]
 
     @property
     def exchanges(self) -> list[str]:
@@ -229,6 +251,15 @@ class Broker:
         """This replica's own queue on the control exchange (server-named, gone when the connection is)."""
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(self.topology.control)
+        await queue.consume(callback, no_ack=True)
+        return queue
+
+    async def listen_events(
+        self, channel: AbstractChannel, callback: Callable[[AbstractIncomingMessage], Awaitable[None]]
+    ) -> AbstractQueue:
+        """A queue of this process's own on the events exchange, every task's events (gone with the channel)."""
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(self.topology.events, routing_key="task.#")
         await queue.consume(callback, no_ack=True)
         return queue
 

@@ -21,7 +21,7 @@ from .api import ApiDeps, create_app
 from .auth import ApiKeys
 from .broker import Broker, Consumer, Topology, json_object
 from .cancels import CancelBoard
-from .catalog import Catalog
+from .catalog import Catalog, ModelSpec
 from .claims import MongoClaims
 from .contract import Request, is_valid_task_id, utcnow
 from .deadletters import DeadLetterWatcher
@@ -35,6 +35,7 @@ from .diagnose import (
     mask_url,
 )
 from .errors import ConfigError, StorageError
+from .event_hub import EventHub
 from .events import BrokerEvents, EventPublisher
 from .httpserver import HttpLimits, make_runner
 from .images import ImageDownloader
@@ -46,7 +47,7 @@ from .metrics import Metrics
 from .netguard import AddressPolicy, guarded_connector
 from .provenance import LaneSigner
 from .providers.base import Provider, ProviderSettings
-from .providers.registry import available_providers, load_provider_settings
+from .providers.registry import build_providers, load_provider_settings
 from .redact import Redactor
 from .replicas import Replicas, replica_id
 from .settings import Settings
@@ -54,6 +55,7 @@ from .shares import SharedShares
 from .storage import ImageStore, open_image_store
 from .store import CommandCounter, MongoTaskStore
 from .task import Task
+from .webhooks import WebhookDispatcher, WebhookSettings, load_webhook_settings
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +82,13 @@ class Daemon:
         catalog: Catalog | None = None,
         metrics: Metrics | None = None,
         image_store: ImageStore | None = None,
+        webhook_settings: WebhookSettings | None = None,
     ) -> None:
         """``provider_settings`` replaces what a provider would read from the environment (the emulator's keys
         and addresses, in tests and ``--simulate``); ``image_store`` the store the settings name."""
         self.settings = settings
         self.provider_settings = load_provider_settings(provider_settings)
+        self.webhook_settings = webhook_settings or load_webhook_settings()
         self.catalog = catalog or Catalog.load(settings.catalog_path)
         self.metrics = metrics or Metrics()
         self.topology = Topology.from_settings(settings)
@@ -110,8 +114,22 @@ class Daemon:
             raise ConfigError(str(exc)) from None
         #: every secret of the core's, the providers' and the image store's settings, kept out of what providers say
         self.redactor = Redactor.from_models(
-            [settings, *self.provider_settings.values(), *self.images.settings_models()]
+            [
+                settings,
+                *self.provider_settings.values(),
+                *self.images.settings_models(),
+                self.webhook_settings,
+            ]
         )
+        self.webhooks = WebhookDispatcher(
+            self.webhook_settings,
+            settings.amqp_url.get_secret_value(),
+            self.topology,
+            self.store.db,
+            self.metrics,
+            self.redactor,
+        )
+        self.event_hub = EventHub(self.broker)
         self._stopping = asyncio.Event()
         self._draining = asyncio.Event()  # set first on shutdown: no new submits
         self._background: list[asyncio.Task[None]] = []
@@ -131,7 +149,7 @@ class Daemon:
         s = self.settings
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         try:
-            self.providers = self._build_providers(self.session)
+            self.providers = build_providers(self.catalog, self.provider_settings, self.session)
         except BaseException:
             await self.session.close()  # nothing else has started yet
             raise
@@ -152,10 +170,15 @@ class Daemon:
         except (StorageError, OSError) as exc:
             raise ConfigError(f"image store: {exc}") from None
         await self._sweep_images()
+        try:
+            await self.webhooks.start()
+        except BROKER_ERRORS as exc:
+            raise self._unusable("broker", exc) from None
         # The HTTP app checks its authentication settings here: fail before any consumer starts.
         http_limits = HttpLimits(
             header_timeout_s=s.http_header_timeout_s, body_timeout_s=s.http_body_timeout_s
         )
+        signer = await LaneSigner.load(self.store.db["internal"])
         api = ApiDeps(
             settings=s,
             tasks=self.store,
@@ -166,12 +189,15 @@ class Daemon:
             readiness=self.readiness,
             registry=self.metrics.registry,
             api_keys=ApiKeys(self.store.db["api_keys"]),
-            image_link=self.images.link,
+            images=self.images,
+            link_key=signer.derived_key(b"file-links"),
+            openai_parameters=self._openai_parameters,
+            subscribe=self.event_hub.subscribe,
         )
         self._runner = make_runner(create_app(api), http_limits, access_log=None)
         await self._runner.setup()
 
-        events = EventPublisher(BrokerEvents(self.broker), self.store)
+        events = EventPublisher(BrokerEvents(self.broker), self.store, self.webhooks)
         # Image URLs come from provider replies: their own session only reaches addresses the policy allows.
         policy = AddressPolicy(s.download_allowed_networks)
         self.download_session = aiohttp.ClientSession(connector=guarded_connector(policy))
@@ -220,9 +246,16 @@ class Daemon:
             await lane.start(list(self.providers))
             self.lanes.append(lane)
 
-        signer = await LaneSigner.load(self.store.db["internal"])
         self.intake = Intake(
-            s, self.broker, self.store, events, self.catalog, self.providers, self.metrics, signer
+            s,
+            self.broker,
+            self.store,
+            events,
+            self.catalog,
+            self.providers,
+            self.metrics,
+            signer,
+            check_webhook=self.webhooks.check_url,
         )
         watcher = DeadLetterWatcher(
             self.broker, self.store, events, self.intake, self.claims, signer, self.metrics
@@ -284,6 +317,7 @@ class Daemon:
         await self._leave()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.webhooks.stop()
         await self.broker.close()
         await self.store.close()
         for session in (self.session, self.download_session):
@@ -306,27 +340,15 @@ class Daemon:
 
     # -- parts --------------------------------------------------------------------------------------------------
 
-    def _build_providers(self, session: aiohttp.ClientSession) -> dict[str, Provider]:
-        classes = available_providers()
-        providers: dict[str, Provider] = {}
-        for name in self.catalog.providers():
-            cls = classes.get(name)
-            if cls is None:
-                raise ConfigError(f"the catalog names provider {name!r}, but no such provider is installed")
-            for spec in self.catalog.models.values():
-                if spec.provider == name:
-                    cls.check_model(spec)
-            provider = cls(self.provider_settings[name], session)
-            if not provider.credentials():
-                log.warning("provider %s has no credentials configured: its models are unavailable", name)
-                continue
-            providers[name] = provider
-        if not providers:
-            raise ConfigError(
-                "no provider has credentials: set IMAGED_ALIYUN_API_KEY and/or IMAGED_LIBLIBAI_ACCESS_KEY + "
-                "IMAGED_LIBLIBAI_SECRET_KEY (or a plugin's), or run with --simulate"
-            )
-        return providers
+    async def _retention(self) -> None:
+        cutoff = utcnow() - timedelta(days=self.settings.retention_days)
+        # A claim outlives its task's deadline (a day at most) before it may go.
+        await self.claims.purge(before=min(cutoff, utcnow() - timedelta(seconds=STALE_CLAIM_S)))
+        delete = self.images.delete if self.settings.retention_delete_images else None
+        removed = await self.store.purge_finished(before=cutoff, delete_images=delete)
+        await self.webhooks.log.purge(before=cutoff)
+        if removed:
+            log.info("removed %d finished task(s) older than %g days", removed, self.settings.retention_days)
 
     async def _sweep_images(self) -> None:
         """What crashed writers left in the image store (partial files, incomplete uploads): old enough that no
@@ -371,20 +393,11 @@ class Daemon:
         while not self._stopping.is_set():
             try:
                 await self.replicas.purge_expired()
-                if self.settings.retention_days > 0 and time.monotonic() >= retention_due:
+                if time.monotonic() >= retention_due:
                     retention_due = time.monotonic() + self.settings.retention_interval_s
-                    cutoff = utcnow() - timedelta(days=self.settings.retention_days)
-                    # A claim outlives its task's deadline (a day at most) before it may go.
-                    await self.claims.purge(before=min(cutoff, utcnow() - timedelta(seconds=STALE_CLAIM_S)))
-                    delete = self.images.delete if self.settings.retention_delete_images else None
-                    removed = await self.store.purge_finished(before=cutoff, delete_images=delete)
-                    await self._sweep_images()
-                    if removed:
-                        log.info(
-                            "removed %d finished task(s) older than %g days",
-                            removed,
-                            self.settings.retention_days,
-                        )
+                    await self._sweep_images()  # with or without retention: crashed uploads cost storage
+                    if self.settings.retention_days > 0:
+                        await self._retention()
             except Exception:
                 log.exception("janitor run failed")
             with contextlib.suppress(TimeoutError):
@@ -441,6 +454,10 @@ class Daemon:
             reply_to=reply_to,
             fingerprint=fingerprint,
         )
+
+    def _openai_parameters(self, spec: ModelSpec, **request: Any) -> dict[str, Any]:
+        """An OpenAI images request as the parameters of the model's provider (see the API's ``openai.py``)."""
+        return self.providers[spec.provider].openai_parameters(spec, **request)
 
     async def readiness(self) -> dict[str, Any]:
         broker_ok = self.broker.is_connected

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from .broker import Broker
 from .contract import ErrorInfo, Event, Result, Status, utcnow
@@ -86,12 +86,28 @@ def build_event(
     return event.model_dump(mode="json")
 
 
-class EventPublisher:
-    """Numbers, stores (terminal ones) and sends the events of tasks."""
+class WebhookQueue(Protocol):
+    """Where an event also goes when its task has a webhook (``WebhookDispatcher.enqueue``)."""
 
-    def __init__(self, sink: EventSink, store: TaskStore) -> None:
+    async def enqueue(self, task: Task, event: dict[str, Any]) -> None: ...
+
+
+class EventPublisher:
+    """Numbers, stores (terminal ones) and sends the events of tasks, and queues their webhook deliveries.
+
+    A delivery is queued after the event is published, both confirmed: whatever re-publishes an event after a
+    failure (a redelivery re-publishes a terminal one) queues its delivery again, with the same ``webhook-id``.
+    """
+
+    def __init__(self, sink: EventSink, store: TaskStore, webhooks: WebhookQueue | None = None) -> None:
         self.sink = sink
         self.store = store
+        self.webhooks = webhooks
+
+    async def _send(self, task: Task, event: dict[str, Any]) -> None:
+        await self.sink.publish(event, reply_to=task.reply_to)
+        if self.webhooks is not None:
+            await self.webhooks.enqueue(task, event)
 
     def next_event(self, task: Task, status: Status, **kwargs: Any) -> dict[str, Any]:
         """Take the task's next sequence number (in memory) and build its event."""
@@ -99,12 +115,12 @@ class EventPublisher:
         return build_event(task, status, **kwargs)
 
     async def publish(self, task: Task, event: dict[str, Any]) -> None:
-        await self.sink.publish(event, reply_to=task.reply_to)
+        await self._send(task, event)
 
     async def emit(self, task: Task, status: Status, **kwargs: Any) -> dict[str, Any]:
         """Build and publish a non-terminal event."""
         event = self.next_event(task, status, **kwargs)
-        await self.sink.publish(event)
+        await self._send(task, event)
         return event
 
     async def finish(
@@ -128,13 +144,13 @@ class EventPublisher:
         task.status = status
         task.result, task.error = fields["result"], fields["error"]
         task.finished_at, task.progress, task.terminal_event = now, event["progress"], event
-        await self.sink.publish(event, reply_to=task.reply_to)
+        await self._send(task, event)
         return task
 
     async def republish(self, task: Task) -> None:
         """Send a terminal task's stored event again (same ``event_id``); store one first if it is missing."""
         if task.terminal_event is not None:
-            await self.sink.publish(task.terminal_event, reply_to=task.reply_to)
+            await self._send(task, task.terminal_event)
             return
         error = ErrorInfo.model_validate(task.error) if task.error else None
         result = Result.model_validate(task.result) if task.result else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -78,7 +79,10 @@ class Intake:
         providers: dict[str, Provider],
         metrics: Metrics,
         signer: LaneSigner,
+        *,
+        check_webhook: Callable[[str], None] | None = None,
     ) -> None:
+        """``check_webhook`` refuses (ValueError) a webhook URL deliveries could never reach."""
         self.settings = settings
         self.broker = broker
         self.store = store
@@ -87,6 +91,7 @@ class Intake:
         self.providers = providers
         self.metrics = metrics
         self.signer = signer
+        self.check_webhook = check_webhook
 
     # -- AMQP -----------------------------------------------------------------------------------------------------
 
@@ -176,6 +181,11 @@ class Intake:
             check_plain_keys(params)
         except ValueError as exc:
             raise InvalidRequest(f"parameters: {exc}", code="invalid_request") from exc
+        if request.webhook is not None and self.check_webhook is not None:
+            try:
+                self.check_webhook(request.webhook.url)
+            except ValueError as exc:
+                raise InvalidRequest(f"webhook.url: {exc}", code="bad_webhook_url") from None
         return spec, params
 
     async def submit(
@@ -213,7 +223,7 @@ class Intake:
             fingerprint=fingerprint,
             seq=1,  # the task.pending event below
             deadline=now + timedelta(seconds=timeout_s),
-            history=[{"status": Status.PENDING.value, "at": now}],
+            history=[{"status": Status.PENDING.value, "at": now, "seq": 1}],
         )
         stored, created = await self.store.create(task)
         if not created and stored.owner != owner:
@@ -225,7 +235,7 @@ class Intake:
             await self.events.republish(stored)
             return Submitted(stored, False)
         if created:
-            await self.events.sink.publish(build_event(stored, Status.PENDING, progress=0.0))
+            await self.events.publish(stored, build_event(stored, Status.PENDING, progress=0.0))
         await self.forward(stored, created=created)
         log.info("accepted", extra={"task_id": task_id, "provider": spec.provider, "model": spec.name})
         return Submitted(stored, created)

@@ -94,3 +94,9 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "imaged_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome (delivered, retry, gave_up, refused)",
+            ["outcome"],
+            registry=r,
+        )

@@ -41,6 +41,10 @@ class LaneSigner:
             raise RuntimeError("the lane signing key could not be read back")
         return cls(bytes.fromhex(doc["key"]))
 
+    def derived_key(self, purpose: bytes) -> bytes:
+        """A key of its own for another use of the shared secret (signed file links, say)."""
+        return hmac.new(self._key, b"imaged-key\0" + purpose, hashlib.sha256).digest()
+
     def sign(self, body: bytes) -> str:
         return hmac.new(self._key, body, hashlib.sha256).hexdigest()
 

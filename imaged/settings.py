@@ -81,6 +81,20 @@ class Settings(BaseSettings):
     )
     http_body_timeout_s: float = Field(30.0, gt=0, description="a request body not received by then is 408")
 
+    public_url: str | None = Field(
+        None,
+        description="the address clients reach this HTTP API at, for the links it hands out (default: the one "
+        "each request came in on)",
+    )
+
+    # OpenAI-compatible images API (/v1)
+    openai_wait_s: float = Field(300.0, gt=0, description="how long /v1/images/* waits for the images")
+    openai_default_model: str | None = Field(None, description="the model of a /v1 request that names none")
+    openai_max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="largest image (or mask) /v1/images/edits accepts"
+    )
+    file_link_ttl_s: int = Field(3600, ge=60, description="lifetime of a link to a local image file")
+
     # Catalog
     catalog_path: Path | None = Field(
         None, description="models.toml; defaults to the one shipped with imaged"

@@ -92,7 +92,9 @@ class TaskStore(abc.ABC):
             update["$inc"] = inc
         if status is not None:
             update["$set"]["status"] = status.value
-            update["$push"] = {"history": {"status": status.value, "at": now}}
+            # With the event's sequence number, so that an event stream can replay the task's story
+            entry = {"status": status.value, "at": now} | ({"seq": fields["seq"]} if "seq" in fields else {})
+            update["$push"] = {"history": entry}
         return update
 
 

@@ -22,7 +22,9 @@ from imaged.settings import Settings
 from imaged.simulator import Simulator, SimulatorConfig
 from imaged.storage import ImageStore
 from imaged.storage.s3 import S3Settings, S3Store
+from imaged.webhooks import WebhookSettings
 
+from .servers import WebhookReceiver, webhook_receiver
 from .support import (
     AMQP_URL,
     MONGODB_URL,
@@ -130,14 +132,21 @@ def sim_providers(sim: Simulator, **overrides: object) -> dict[str, ProviderSett
 
 
 def make_daemon(
-    settings: Settings, sim: Simulator, *, image_store: ImageStore | None = None, **provider_overrides: object
+    settings: Settings,
+    sim: Simulator,
+    *,
+    image_store: ImageStore | None = None,
+    webhook_settings: WebhookSettings | None = None,
+    **provider_overrides: object,
 ) -> Daemon:
-    """A daemon of ``settings`` whose built-in providers talk to the emulator (see :func:`sim_providers`)."""
+    """A daemon of ``settings`` whose built-in providers talk to the emulator (see :func:`sim_providers`);
+    webhooks off unless ``webhook_settings`` are given (the environment is not read)."""
     return Daemon(
         settings,
         provider_settings=sim_providers(sim, **provider_overrides),
         metrics=Metrics(),
         image_store=image_store,
+        webhook_settings=webhook_settings or WebhookSettings(_env_file=None),
     )
 
 
@@ -176,6 +185,13 @@ async def s3_store(namespace: str) -> AsyncIterator[S3Store]:
                 Bucket=store.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
             )
     await store.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook endpoint on loopback that verifies every delivery and answers as scripted (``servers.py``)."""
+    async with webhook_receiver() as hook:
+        yield hook
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
 """Servers on 127.0.0.1 for tests: small aiohttp apps scripted to answer (or to misbehave) as a test needs, the
 provider emulator started and stopped around a block, and a port nobody listens on.
 
+:class:`WebhookReceiver` is a webhook endpoint that checks every delivery with the Standard Webhooks reference
+library (which imaged does not use itself) and answers as scripted.
+
 A fault server is a list of routes whose handlers are made by :func:`answer` (the same reply to every request:
 an error envelope, HTML where JSON belongs, a truncated body, a Retry-After header) or are :func:`hang` (no reply
 at all, until the server stops: a client's timeout must fire first).
@@ -9,17 +12,33 @@ at all, until the server stops: a client's timeout must fire first).
 from __future__ import annotations
 
 import asyncio
+import base64
+import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from standardwebhooks import Webhook as ReferenceVerifier
+from standardwebhooks import WebhookVerificationError
 
 from imaged.simulator import Simulator, SimulatorConfig
 
-__all__ = ["Handler", "Route", "Served", "answer", "emulator", "free_port", "hang", "serve"]
+__all__ = [
+    "WEBHOOK_SECRET",
+    "Handler",
+    "Route",
+    "Served",
+    "WebhookReceiver",
+    "answer",
+    "emulator",
+    "free_port",
+    "hang",
+    "serve",
+    "webhook_receiver",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Route = tuple[str, str, Handler]  # method, path, handler
@@ -110,3 +129,46 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: the signing secret of the tests' webhooks (IMAGED_WEBHOOK_SECRET)
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@dataclass
+class WebhookReceiver:
+    """A webhook endpoint that answers ``statuses`` in turn (then 200) and verifies every delivery."""
+
+    statuses: list[int] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    unverified: int = 0
+    url: str = ""
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            event = ReferenceVerifier(WEBHOOK_SECRET).verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            self.unverified += 1
+            return web.Response(status=400)
+        status = self.statuses.pop(0) if self.statuses else 200
+        async with self._arrived:
+            self.received.append({"id": request.headers["webhook-id"], "event": event, "answered": status})
+            self._arrived.notify_all()
+        return web.Response(status=status, text="not now" if status >= 300 else "ok")
+
+    async def wait_for(self, count: int, within: float) -> list[dict[str, Any]]:
+        """The deliveries received, once there are ``count`` (TimeoutError after ``within`` seconds)."""
+        async with asyncio.timeout(within), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.received) >= count)
+        return self.received
+
+
+@asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
+    """A :class:`WebhookReceiver` on a free loopback port for the block, at ``<url>/hook``."""
+    hook = WebhookReceiver()
+    async with serve([("POST", "/hook", hook.handle)]) as served:
+        hook.url = f"{served.url}/hook"
+        yield hook

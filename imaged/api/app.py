@@ -10,9 +10,10 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..auth import Authenticator, RateLimiter, is_loopback
 from ..errors import ConfigError
-from . import tasks
+from . import links, openai, stream, tasks
 from .context import AUTH_FAILURES_KEY, AUTH_KEY, DEPS_KEY, LIMITER_KEY, ApiDeps
 from .http import HTTP_REQUESTS_KEY, MAX_BODY_KEY, Handler, error_middleware, metrics_middleware
+from .links import FILE_ROUTE
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,13 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("/api/v1/tasks/{task_id}/status", "GET", tasks.get_status),
     ("/api/v1/tasks/{task_id}/result", "GET", tasks.get_result),
     ("/api/v1/tasks/{task_id}/cancel", "POST", tasks.cancel_task),
+    ("/api/v1/tasks/{task_id}/events", "GET", stream.task_events),
     ("/api/v1/models", "GET", tasks.list_models),
     ("/api/v1/openapi.json", "GET", tasks.openapi_json),
+    ("/v1/images/generations", "POST", openai.generations),
+    ("/v1/images/edits", "POST", openai.edits),
+    ("/v1/models", "GET", openai.models),
+    (FILE_ROUTE, "GET", links.serve_file),
     ("/health/live", "GET", tasks.live),
     ("/health/ready", "GET", tasks.ready),
 ]

@@ -7,9 +7,11 @@ API can be tested and changed without the rest of imaged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,14 +19,31 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ..auth import ApiKeys, Authenticator, AuthError, Principal, RateLimiter
-from ..catalog import Catalog
+from ..catalog import Catalog, ModelSpec
 from ..contract import Request, is_valid_task_id
+from ..intake import Submitted
 from ..settings import Settings
+from ..storage import ImageStore
 from ..store import TaskStore
 from ..task import Task
 from .http import ApiError
 
 log = logging.getLogger(__name__)
+
+
+class OpenAIParameters(Protocol):
+    """``Provider.openai_parameters`` of the model's provider."""
+
+    def __call__(
+        self,
+        spec: ModelSpec,
+        *,
+        prompt: str,
+        n: int | None,
+        size: tuple[int, int] | str | None,
+        images: Sequence[str] = (),
+        mask: str | None = None,
+    ) -> dict[str, Any]: ...
 
 
 class SubmitRequest(Protocol):
@@ -39,7 +58,7 @@ class SubmitRequest(Protocol):
         correlation_id: str | None,
         reply_to: str | None,
         fingerprint: str | None = None,
-    ) -> Any: ...
+    ) -> Submitted: ...
 
 
 @dataclass(frozen=True)
@@ -56,8 +75,16 @@ class ApiDeps:
     readiness: Callable[[], Awaitable[dict[str, Any]]]
     registry: CollectorRegistry
     api_keys: ApiKeys | None = None
-    #: a fresh download link of a stored image (presigned links expire); None where the store has none
-    image_link: Callable[[str], Awaitable[str | None]] | None = None
+    #: where the images are (fresh download links, bytes for b64_json, uploads of /v1/images/edits)
+    images: ImageStore | None = None
+    #: signs the links to local image files this API serves (``/v1/files/...``); None: no such links
+    link_key: bytes | None = None
+    #: an OpenAI images request as a model's parameters (the provider's ``openai_parameters``)
+    openai_parameters: OpenAIParameters | None = None
+    #: a task's events as they are published (``EventHub.subscribe``); None: no event streams here
+    subscribe: Callable[[str], AbstractAsyncContextManager[asyncio.Queue[dict[str, Any] | None]]] | None = (
+        None
+    )
 
 
 DEPS_KEY: web.AppKey[ApiDeps] = web.AppKey("deps")

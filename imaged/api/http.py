@@ -54,6 +54,49 @@ def error(status: int, message: str, *, headers: dict[str, str] | None = None) -
     return response
 
 
+#: routes of the OpenAI-compatible API: their errors take OpenAI's shape, not the envelope
+OPENAI_PREFIX = "/v1/"
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    retry: bool | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An error in the OpenAI shape, ``{"error": {"message", "type", "param", "code"}}``. ``x-should-retry`` tells
+    the OpenAI SDK whether to retry (it otherwise retries 408, 409, 429 and 5xx): never where a retry cannot help."""
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    response = web.json_response(body, status=status, dumps=dumps)
+    response.headers.update(headers or {})
+    should_retry = retry if retry is not None else (status in (408, 429) or status >= 500)
+    response.headers["x-should-retry"] = "true" if should_retry else "false"
+    return response
+
+
+def error_for(
+    request: web.Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An error in the shape of the route's API: OpenAI's under ``/v1/``, the envelope elsewhere."""
+    if request.path.startswith(OPENAI_PREFIX):
+        return openai_error(status, message, headers=headers)
+    return error(status, message, headers=headers)
+
+
 class ApiError(Exception):
     """An answer other than success, in the envelope: raised by a handler, rendered by the middleware."""
 
@@ -70,7 +113,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error(exc.status, exc.message, headers=exc.headers)
+        return error_for(request, exc.status, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -79,15 +122,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         else:
             message = _DEFAULT_MESSAGES.get(exc.status) or exc.reason or "error"
         kept = {k: v for k, v in exc.headers.items() if k in _KEPT_HEADERS}
-        return error(exc.status, message, headers=kept)
+        return error_for(request, exc.status, message, kept)
     except PyMongoError as exc:
         log.warning("HTTP %s %s: database unavailable (%s)", request.method, request.path, type(exc).__name__)
-        return error(503, "the database is not available; try again later", headers={"Retry-After": "5"})
+        return error_for(request, 503, "the database is not available; try again later", {"Retry-After": "5"})
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("HTTP handler failed: %s %s", request.method, request.path)
-        return error(500, "internal error")
+        return error_for(request, 500, "internal error")
 
 
 @web.middleware

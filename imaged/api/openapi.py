@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..contract import TASK_ID_PATTERN, ErrorInfo, Request, Result, Status
+from .openapi_v1 import IDEMPOTENCY_KEY, openai_paths, openai_schemas
 
 # Bounds of GET /api/v1/tasks, part of the documented contract.
 LIST_DEFAULT_LIMIT = 20
@@ -133,6 +134,7 @@ def _components() -> dict[str, Any]:
             "currency": {"type": "string"},
         },
     }
+    schemas.update(openai_schemas())
     return {
         "schemas": schemas,
         "securitySchemes": {
@@ -141,6 +143,28 @@ def _components() -> dict[str, Any]:
                 "scheme": "bearer",
                 "description": "an API key (`imaged keys add`, or IMAGED_API_KEYS) or a JWT (HS256/RS256)",
             }
+        },
+    }
+
+
+def _events_op() -> dict[str, Any]:
+    return {
+        "operationId": "taskEvents",
+        "summary": "A task's events as Server-Sent Events: its story so far, then live ones until terminal",
+        "description": "Each event's `id` is its event_id; send it back as `Last-Event-ID` to resume after it. "
+        "Progress events are live only. A comment line every 15 s keeps the stream open.",
+        "security": _SECURED,
+        "parameters": [
+            _TASK_ID_PARAM,
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {
+                "description": "the stream (event: the event's type; data: the event)",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_AUTH_ERRORS,
+            "404": _error("no such task (or another tenant's)"),
         },
     }
 
@@ -170,6 +194,7 @@ def openapi_document(models: tuple[str, ...] = ()) -> dict[str, Any]:
         "summary": "Create a task (the original service's body); it goes through the request queue",
         "description": 'With `"is_async": false` the call waits up to IMAGED_SYNC_WAIT_S for the result.',
         "security": _SECURED,
+        "parameters": [IDEMPOTENCY_KEY],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": _ref("Request"), "example": SEED_EXAMPLE}},
@@ -241,7 +266,8 @@ def openapi_document(models: tuple[str, ...] = ()) -> dict[str, Any]:
         "info": {
             "title": "imaged",
             "version": __version__,
-            "description": "Image-generation tasks: create, follow, list, cancel; models; health and metrics.",
+            "description": "Image-generation tasks: create, follow (also as Server-Sent Events), list, cancel; models; "
+            "health and metrics; and the OpenAI-compatible images API under /v1.",
         },
         "paths": {
             "/api/v1/tasks/": {"post": create, "get": {**listing, "operationId": "listTasksSlash"}},
@@ -255,6 +281,7 @@ def openapi_document(models: tuple[str, ...] = ()) -> dict[str, Any]:
                 )
             },
             "/api/v1/tasks/{task_id}/cancel": {"post": cancel},
+            "/api/v1/tasks/{task_id}/events": {"get": _events_op()},
             "/api/v1/models": {
                 "get": {
                     "operationId": "listModels",
@@ -302,6 +329,7 @@ def openapi_document(models: tuple[str, ...] = ()) -> dict[str, Any]:
                     "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
                 }
             },
+            **openai_paths(),
         },
         "components": components,
     }

@@ -13,13 +13,14 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..auth import Principal
-from ..contract import Request, Status, new_task_id
+from ..contract import Request, Status
 from ..errors import InvalidRequest
-from ..intake import TaskIdTaken, describe_validation_error
+from ..intake import Submitted, TaskIdTaken, describe_validation_error
 from ..task import Task
 from ..views import model_view, result_view, status_view, with_fresh_links
 from .context import LIMITER_KEY, ApiDeps, authenticate, deps, load_task
 from .http import ApiError, dumps, envelope, error, int_query, read_json_object
+from .idempotency import attach, check_same_request
 from .openapi import LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, LIST_MAX_OFFSET, openapi_document
 
 log = logging.getLogger(__name__)
@@ -44,18 +45,19 @@ async def create_task(request: web.Request) -> web.Response:
         req = Request.model_validate(data)
     except ValidationError as exc:
         return error(422, describe_validation_error(exc))
-    task_id = req.task_id or new_task_id()
-    existing = await d.tasks.get(task_id) if req.task_id else None
+    attached = await attach(request, d.tasks, who.tenant, data, req.task_id)
+    task_id, existing = attached.task_id, attached.existing
     if existing is not None and not who.can_see(existing.owner):
         return error(409, f"task_id {task_id!r} is already in use: choose another one")
     if existing is None or existing.status is Status.PENDING:
         # A pending task is forwarded again: the earlier attempt may have stopped before its lane message.
         try:
-            await submit(d, req, task_id, who)
+            submitted = await submit(d, req, task_id, who, attached.fingerprint)
         except TaskIdTaken:
             return error(409, f"task_id {task_id!r} is already in use: choose another one")
         except InvalidRequest as exc:
             return error(422, exc.message)
+        check_same_request(submitted.task, attached)
     if req.is_async:
         if existing is not None:
             return envelope(status_view(existing), "任务已存在 (task exists already)")
@@ -63,15 +65,24 @@ async def create_task(request: web.Request) -> web.Response:
     task = await wait_for_terminal(d, task_id, d.settings.sync_wait_s)
     if task is None:
         return envelope({"task_id": task_id, "status": Status.PENDING.value}, "任务已创建，结果尚未就绪")
-    view = await with_fresh_links(result_view(task), d.image_link)
+    view = await with_fresh_links(result_view(task), d.images.link if d.images else None)
     return envelope(view, "任务完成" if task.status is Status.COMPLETED else "任务失败")
 
 
-async def submit(d: ApiDeps, req: Request, task_id: str, who: Principal) -> None:
+async def submit(
+    d: ApiDeps, req: Request, task_id: str, who: Principal, fingerprint: str | None
+) -> Submitted:
     """Hand the request to intake in this process; a broker outage is 503 (the client may simply retry)."""
     try:
         async with asyncio.timeout(SUBMIT_TIMEOUT_S):
-            await d.submit(req, task_id=task_id, owner=who.tenant, correlation_id=None, reply_to=None)
+            return await d.submit(
+                req,
+                task_id=task_id,
+                owner=who.tenant,
+                correlation_id=None,
+                reply_to=None,
+                fingerprint=fingerprint,
+            )
     except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
         log.warning("could not forward an HTTP request: %s", type(exc).__name__)
         raise ApiError(503, "the broker is not available; try again later", {"Retry-After": "5"}) from None
@@ -116,7 +127,10 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_result(request: web.Request) -> web.Response:
     task = await load_task(request, await authenticate(request))
-    return envelope(await with_fresh_links(result_view(task), deps(request).image_link), "获取任务结果成功")
+    images = deps(request).images
+    return envelope(
+        await with_fresh_links(result_view(task), images.link if images else None), "获取任务结果成功"
+    )
 
 
 async def cancel_task(request: web.Request) -> web.Response:

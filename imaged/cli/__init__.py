@@ -25,7 +25,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import bench, check, daemon, dead, keys, models, schema, submit, tasks
+from . import bench, check, daemon, dead, keys, models, schema, submit, tasks, webhooks
 
 
 @click.group()
@@ -55,6 +55,7 @@ COMMANDS: tuple[click.Command, ...] = (
     keys.keys,
     bench.bench,
     schema.schema,
+    webhooks.webhooks,
 )
 for _command in COMMANDS:
     main.add_command(_command)

@@ -1,7 +1,7 @@
 """``imaged check``: configuration and connectivity, one line per check, never a secret.
 
-The checks run in a fixed order (configuration, catalog, auth, broker, amqp user, database, image dir, provider
-keys) and the command exits with the code of the first one that fails (``exits.py``: 10-15). A warning passes.
+The checks run in a fixed order (configuration, catalog, auth, broker, amqp user, database, images, webhooks,
+providers, provider keys) and the command exits with the code of the first one that fails (``exits.py``: 10-15). A warning passes.
 Reasons come from ``imaged/diagnose.py``, the same words ``imaged run`` uses when it cannot start.
 """
 
@@ -175,6 +175,26 @@ def _check_provider_settings() -> CheckResult:
     return CheckResult("providers", True, shown)
 
 
+def _check_webhooks() -> CheckResult:
+    """Webhook settings (``IMAGED_WEBHOOK_*``) valid; whether deliveries are on, and where they may go."""
+    from ..webhooks import load_webhook_settings
+
+    try:
+        hooks = load_webhook_settings()
+    except ConfigError as exc:
+        return CheckResult("webhooks", False, str(exc), EXIT_CONFIG)
+    if hooks.secret is None:
+        return CheckResult(
+            "webhooks", True, "off (no IMAGED_WEBHOOK_SECRET: requests naming a webhook are refused)"
+        )
+    tenants = f"; default URLs for {len(hooks.tenant_urls)} tenant(s)" if hooks.tenant_urls else ""
+    return CheckResult(
+        "webhooks",
+        True,
+        f"signed; retried for {hooks.retry_s:g} s; to {hooks.policy().describe()}{tenants}",
+    )
+
+
 async def _check_provider_keys(settings: Settings, catalog: Catalog) -> CheckResult:
     configured = await provider_credentials(settings, catalog)
     missing = [
@@ -226,6 +246,7 @@ async def run_checks(settings: Settings) -> list[CheckResult]:
     database, db_keys = await _check_database(settings)
     results.append(database)
     results.append(await _check_images(settings))
+    results.append(_check_webhooks())
     results.append(_check_provider_settings())
     if catalog is not None and results[-1].ok:
         results.append(await _check_provider_keys(settings, catalog))
@@ -260,7 +281,7 @@ async def check(settings: Settings, as_json: bool) -> int:
     \b
     Exit codes (the first failing check wins):
       3 settings invalid   10 catalog   11 authentication   12 broker
-      13 database          14 image directory                15 provider keys missing
+      13 database          14 image store                    15 provider keys missing
     """
     for noisy in ("aiormq", "aio_pika", "pymongo"):  # their own reports of a failed connect; ours say it
         logging.getLogger(noisy).setLevel(logging.CRITICAL)

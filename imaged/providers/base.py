@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -165,6 +165,34 @@ class Provider(abc.ABC):
             raise ConfigError(
                 f"model {spec.name!r}: provider {cls.name} takes no options (got {sorted(spec.options)})"
             )
+
+    @classmethod
+    def openai_parameters(
+        cls,
+        spec: ModelSpec,
+        *,
+        prompt: str,
+        n: int | None,
+        size: tuple[int, int] | str | None,
+        images: Sequence[str] = (),
+        mask: str | None = None,
+    ) -> dict[str, Any]:
+        """A request of the OpenAI images API (``prompt``, ``n``, ``size`` as (width, height) or a size tier name,
+        input ``images`` and a ``mask`` as URLs) as this provider's parameters; the caller adds the provider's own
+        extras. This default speaks DashScope's names: ``prompt``, ``n``, ``size`` as ``"W*H"``, ``images``, and
+        for the image editor ``base_image_url`` and ``mask_image_url``."""
+        params: dict[str, Any] = {"prompt": prompt}
+        if n is not None:
+            params["n"] = n
+        if size is not None and spec.kind != "image-edit":  # an edit keeps its input's size
+            params["size"] = size if isinstance(size, str) else f"{size[0]}*{size[1]}"
+        if images and spec.kind == "image-edit":
+            params["base_image_url"] = images[0]
+            if mask is not None:
+                params["mask_image_url"] = mask
+        elif images:
+            params["images"] = list(images)
+        return params
 
     @abc.abstractmethod
     def validate(self, spec: ModelSpec, parameters: dict[str, Any]) -> dict[str, Any]:

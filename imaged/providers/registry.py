@@ -5,9 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .base import Provider, ProviderSettings, provider_config
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ..catalog import Catalog
 
 ENTRY_POINT_GROUP = "imaged.providers"
 
@@ -67,4 +73,33 @@ def available_providers() -> dict[str, type[Provider]]:
             raise ConfigError(f"entry point {ep.name!r} in {ENTRY_POINT_GROUP} is not a Provider subclass")
         cls.settings_model = settings_model_of(cls)
         providers[ep.name] = cls
+    return providers
+
+
+def build_providers(
+    catalog: Catalog, settings: Mapping[str, ProviderSettings], session: aiohttp.ClientSession
+) -> dict[str, Provider]:
+    """The providers the catalog names that have credentials, each model checked by its provider.
+
+    ConfigError if the catalog names a provider that is not installed, or if no provider has credentials.
+    """
+    classes = available_providers()
+    providers: dict[str, Provider] = {}
+    for name in catalog.providers():
+        cls = classes.get(name)
+        if cls is None:
+            raise ConfigError(f"the catalog names provider {name!r}, but no such provider is installed")
+        for spec in catalog.models.values():
+            if spec.provider == name:
+                cls.check_model(spec)
+        provider = cls(settings[name], session)
+        if not provider.credentials():
+            log.warning("provider %s has no credentials configured: its models are unavailable", name)
+            continue
+        providers[name] = provider
+    if not providers:
+        raise ConfigError(
+            "no provider has credentials: set IMAGED_ALIYUN_API_KEY and/or IMAGED_LIBLIBAI_ACCESS_KEY + "
+            "IMAGED_LIBLIBAI_SECRET_KEY (or a plugin's), or run with --simulate"
+        )
     return providers

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from imaged.api import ROUTES
+from imaged.api.links import FILE_ROUTE
 from imaged.auth import ApiKeys
 from imaged.daemon import Daemon
 
@@ -23,11 +24,16 @@ from .support import assert_error_envelope, call, seed_json
 pytestmark = pytest.mark.timeout(90)
 
 PUBLIC = {"/health/live", "/health/ready", "/api/v1/openapi.json", "/metrics"}
+SIGNED = {FILE_ROUTE}  # no credential: the link's own signature is checked
 VIAS = ["key", "hs256", "rs256"]
 
 
 def secured_routes(task_id: str) -> list[tuple[str, str]]:
-    return [(method, path.replace("{task_id}", task_id)) for path, method, _ in ROUTES if path not in PUBLIC]
+    return [
+        (method, path.replace("{task_id}", task_id))
+        for path, method, _ in ROUTES
+        if path not in PUBLIC | SIGNED
+    ]
 
 
 async def test_every_secured_route_refuses_missing_and_bad_credentials(
@@ -35,7 +41,7 @@ async def test_every_secured_route_refuses_missing_and_bad_credentials(
 ) -> None:
     base = api_daemon.http_url
     routes = secured_routes("some-task")
-    assert len(routes) == 8
+    assert len(routes) == 12
     bad_headers: list[dict[str, str]] = [
         {},
         {"Authorization": "Bearer not-a-key"},
@@ -46,7 +52,10 @@ async def test_every_secured_route_refuses_missing_and_bad_credentials(
     for method, path in routes:
         for headers in bad_headers:
             reply = await call(http, method, f"{base}{path}", headers=headers, json_body={})
-            assert_error_envelope(reply, 401)
+            if path.startswith("/v1/"):  # the OpenAI-compatible API answers in OpenAI's shape
+                assert reply.status == 401 and reply.body["error"]["type"], reply.text
+            else:
+                assert_error_envelope(reply, 401)
             assert reply.headers.get("WWW-Authenticate", "").startswith("Bearer")
     for path in PUBLIC:
         async with http.get(f"{base}{path}") as resp:

@@ -42,9 +42,12 @@ async def test_a_good_configuration_passes(cli: Cli) -> None:
         "amqp user",
         "database",
         "images",
+        "webhooks",
         "providers",
         "provider keys",
     ]
+    webhooks = next(c for c in report["checks"] if c["name"] == "webhooks")
+    assert webhooks["ok"] is True and webhooks["message"].startswith("off (no IMAGED_WEBHOOK_SECRET")
     providers = next(c for c in report["checks"] if c["name"] == "providers")
     shown = dict(part.split(": ", 1) for part in providers["message"].split("; "))
     assert "api_key=set" in shown["aliyun"] and "max_in_flight=2" in shown["aliyun"]
@@ -118,6 +121,13 @@ CASES = [
         EXIT_CHECK_AUTH,
         "auth",
         "IMAGED_JWT_SECRET must be at least 32 bytes long",
+    ),
+    (
+        "webhook-secret",
+        {"IMAGED_WEBHOOK_SECRET": "short-secret"},
+        EXIT_CONFIG,
+        "webhooks",
+        "IMAGED_WEBHOOK_SECRET must be 'whsec_' followed by the base64",
     ),
 ]
 

@@ -11,6 +11,7 @@ from imaged.providers.aliyun import AliyunProvider, AliyunSettings
 from imaged.providers.liblibai import LiblibProvider, LiblibSettings
 from imaged.settings import Settings
 from imaged.storage.s3 import S3Settings
+from imaged.webhooks import WebhookSettings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 def test_env_example_documents_every_setting() -> None:
     text = (Path(__file__).parents[2] / ".env.example").read_text(encoding="utf-8")
     names = [f"IMAGED_{name.upper()}" for name in Settings.model_fields]
-    for model in (AliyunProvider.settings_model, LiblibProvider.settings_model, S3Settings):
+    for model in (AliyunProvider.settings_model, LiblibProvider.settings_model, S3Settings, WebhookSettings):
         prefix = str(model.model_config.get("env_prefix"))
         names += [f"{prefix}{name.upper()}" for name in model.model_fields]
     missing = [name for name in names if f"{name}=" not in text]  # commented or not

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
@@ -22,7 +23,7 @@ from ..base import (
 )
 from ..params import got, validate_model
 from .errors import envelope_data, malformed
-from .lines import comfy_batch, comfy_size
+from .lines import closest_ratio, comfy_batch, comfy_size
 from .params import ASPECT_SIZES, BASE_MODEL_FAMILIES, OFFICIAL_F1_CHECKPOINT, merge
 from .routes import STATUS_PATHS, LiblibOptions, fixed_params, params_model, route
 from .signing import signed_query
@@ -162,6 +163,38 @@ class LiblibProvider(Provider):
         normalised["generateParams"] = validated.model_dump(mode="json", exclude_none=True) | fixed
         route(spec, normalised)
         return normalised
+
+    @classmethod
+    def openai_parameters(
+        cls,
+        spec: ModelSpec,
+        *,
+        prompt: str,
+        n: int | None,
+        size: tuple[int, int] | str | None,
+        images: Sequence[str] = (),
+        mask: str | None = None,
+    ) -> dict[str, Any]:
+        """LiblibAI's names: ``imgCount``, ``width``/``height`` (Kontext: the closest ``aspectRatio``), and the input
+        images as each line takes them; a ComfyUI workflow takes its prompt and size in its nodes (extras)."""
+        line = LiblibOptions.model_validate(spec.options).line_of(spec)
+        if line == "comfyui":
+            return {}
+        params: dict[str, Any] = {"prompt": prompt}
+        if n is not None:
+            params["imgCount"] = n
+        if isinstance(size, tuple):
+            if line == "kontext":
+                params["aspectRatio"] = closest_ratio(*size)
+            else:
+                params["width"], params["height"] = size
+        if images:
+            name = {"kontext": "image_list", "seedream": "referenceImages"}.get(line)
+            if name is not None:
+                params[name] = list(images)
+            else:
+                params["sourceImage"] = images[0]
+        return params
 
     def images_requested(self, spec: ModelSpec, params: dict[str, Any]) -> int:
         if LiblibOptions.model_validate(spec.options).line_of(spec) == "comfyui":

@@ -5,7 +5,8 @@ or inside ``generateParams``; limits come from the catalog's ``accepts``; input 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import math
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -91,6 +92,18 @@ class QwenImageParams(_Sized):
 
 
 KontextRatio = Literal["1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "9:21", "21:9"]
+
+
+def closest_ratio(width: int, height: int) -> str:
+    """The Kontext aspect ratio closest to ``width`` / ``height``."""
+    wanted = width / max(height, 1)
+
+    def distance(ratio: str) -> float:
+        w, h = ratio.split(":")
+        return abs(math.log(int(w) / int(h)) - math.log(max(wanted, 1e-6)))
+
+    ratios: tuple[str, ...] = get_args(KontextRatio)
+    return min(ratios, key=distance)
 
 
 class KontextParams(_Prompted):
