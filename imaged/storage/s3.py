@@ -223,7 +223,9 @@ class S3Writer(ImageWriter):
         self.store = store
         self.key = key
         self.content_type = content_type
-        self.buffer = bytearray()
+        #: what is not uploaded yet: chunks, joined only when a part goes (one copy, then the chunks are gone)
+        self.chunks: list[bytes] = []
+        self.buffered = 0
         self.head = bytearray()
         self.upload_id: str | None = None
         self.parts: list[CompletedPartTypeDef] = []
@@ -231,9 +233,17 @@ class S3Writer(ImageWriter):
     async def write(self, chunk: bytes) -> None:
         if len(self.head) < HEAD_KEEP_BYTES:
             self.head += chunk[: HEAD_KEEP_BYTES - len(self.head)]
-        self.buffer += chunk
-        if len(self.buffer) >= self.store.settings.part_bytes:
+        self.chunks.append(chunk)
+        self.buffered += len(chunk)
+        if self.buffered >= self.store.settings.part_bytes:
             await self._send_part()
+
+    def _take(self) -> bytes:
+        """The buffered bytes as one body; the buffer is empty after."""
+        body = b"".join(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        return body
 
     async def _send_part(self) -> None:
         client, bucket = self.store.client, self.store.bucket
@@ -245,16 +255,11 @@ class S3Writer(ImageWriter):
                 self.upload_id = started["UploadId"]
             number = len(self.parts) + 1
             sent = await client.upload_part(
-                Bucket=bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                Body=bytes(self.buffer),
+                Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=self._take()
             )
         except (TimeoutError, BotoCoreError, ClientError, OSError) as exc:
             raise storage_failed("uploading a part", exc) from exc
         self.parts.append({"ETag": sent["ETag"], "PartNumber": number})
-        self.buffer.clear()
 
     async def commit(self, side_max: int, size: tuple[int, int] | None) -> StoredImage:
         if size is None:
@@ -265,10 +270,10 @@ class S3Writer(ImageWriter):
         try:
             if self.upload_id is None:
                 await client.put_object(
-                    Bucket=bucket, Key=self.key, Body=bytes(self.buffer), ContentType=self.content_type
+                    Bucket=bucket, Key=self.key, Body=self._take(), ContentType=self.content_type
                 )
             else:
-                if self.buffer:
+                if self.chunks:
                     await self._send_part()
                 await client.complete_multipart_upload(
                     Bucket=bucket,
@@ -279,11 +284,11 @@ class S3Writer(ImageWriter):
                 self.upload_id = None
         except (TimeoutError, BotoCoreError, ClientError, OSError) as exc:
             raise storage_failed("completing the upload", exc) from exc
-        self.buffer.clear()
         return StoredImage(f"s3://{bucket}/{self.key}", None, width, height)
 
     async def abort(self) -> None:
-        self.buffer.clear()
+        self.chunks.clear()
+        self.buffered = 0
         upload_id, self.upload_id = self.upload_id, None
         if upload_id is None:
             return
