@@ -302,17 +302,16 @@ class Consumer:
 
     def __init__(
         self,
-        broker: Broker,
         channel: AbstractChannel,
         queue_name: str,
         callback: Callable[[AbstractIncomingMessage], Awaitable[None]],
-        providers: list[str],
+        declare: Callable[[AbstractChannel], Awaitable[object]],
     ) -> None:
-        self.broker = broker
+        """``declare`` declares the queue (and what it depends on) again on a channel, before consuming again."""
         self.channel = channel
         self.queue_name = queue_name
         self.callback = callback
-        self.providers = providers
+        self.declare = declare
         self.queue: AbstractQueue | None = None
         self.tag: str | None = None
         self._missing = 0
@@ -341,7 +340,7 @@ class Consumer:
         if self._missing < 2:
             return
         log.warning("the broker cancelled the consumer of %s; consuming again", self.queue_name)
-        await self.broker.declare(self.channel, self.providers)
+        await self.declare(self.channel)
         await self.start()
         self._missing = 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -266,11 +267,10 @@ class Daemon:
             (self.topology.dead_watch, watcher.handle),
         ):
             consumer = Consumer(
-                self.broker,
                 self._intake_channel,
                 queue_name,
                 self._consume(queue_name, handle),
-                list(self.providers),
+                functools.partial(self.broker.declare, providers=list(self.providers)),
             )
             await consumer.start()
             self._consumers.append(consumer)
@@ -369,6 +369,7 @@ class Daemon:
                     for consumer in [
                         *self._consumers,
                         *(lane.consumer for lane in self.lanes if lane.consumer),
+                        *self.webhooks.consumers,
                     ]:
                         await consumer.ensure()
                 await self.readiness()

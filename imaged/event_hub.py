@@ -16,11 +16,18 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from .broker import Broker, json_object
+from .diagnose import BROKER_ERRORS
 
 log = logging.getLogger(__name__)
 
 #: events a slow stream may fall behind by before it is dropped
 STREAM_BACKLOG = 1000
+#: starting to listen waits this long for the broker at most
+LISTEN_TIMEOUT_S = 10.0
+
+
+class EventsUnavailable(Exception):
+    """The broker could not be listened to: no live events now."""
 
 
 class EventHub:
@@ -36,7 +43,12 @@ class EventHub:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=STREAM_BACKLOG)
         async with self._lock:
             if not self.streams:
-                await self._listen()
+                try:
+                    async with asyncio.timeout(LISTEN_TIMEOUT_S):
+                        await self._listen()
+                except BROKER_ERRORS as exc:  # a timeout among them
+                    await self._stop()
+                    raise EventsUnavailable(f"the broker is not available ({type(exc).__name__})") from None
             self.streams.setdefault(task_id, set()).add(queue)
         try:
             yield queue

@@ -95,8 +95,9 @@ class WebhookQueue(Protocol):
 class EventPublisher:
     """Numbers, stores (terminal ones) and sends the events of tasks, and queues their webhook deliveries.
 
-    A delivery is queued after the event is published, both confirmed: whatever re-publishes an event after a
-    failure (a redelivery re-publishes a terminal one) queues its delivery again, with the same ``webhook-id``.
+    A delivery is queued after the event is published, both confirmed: whatever re-publishes a terminal event
+    after a failure (a redelivery does) queues its delivery again, with the same ``webhook-id``. A non-terminal
+    event's delivery that cannot be queued is skipped with a warning, never failing the task.
     """
 
     def __init__(self, sink: EventSink, store: TaskStore, webhooks: WebhookQueue | None = None) -> None:
@@ -106,8 +107,22 @@ class EventPublisher:
 
     async def _send(self, task: Task, event: dict[str, Any]) -> None:
         await self.sink.publish(event, reply_to=task.reply_to)
-        if self.webhooks is not None:
+        if self.webhooks is None:
+            return
+        if Status(event["status"]).terminal:
+            await self.webhooks.enqueue(task, event)  # raises: the caller's retry sends the event again
+            return
+        try:
             await self.webhooks.enqueue(task, event)
+        except Exception as exc:  # noqa: BLE001 - the task goes on; only its progress webhook is skipped
+            # Non-terminal events are not stored, so no retry would send them again: never let their webhook
+            # hold up (or strand) the task itself.
+            log.warning(
+                "webhook of %s not queued (%s): skipped",
+                event["type"],
+                type(exc).__name__,
+                extra={"task_id": task.id},
+            )
 
     def next_event(self, task: Task, status: Status, **kwargs: Any) -> dict[str, Any]:
         """Take the task's next sequence number (in memory) and build its event."""

@@ -88,10 +88,10 @@ def read_dimensions(source: Path | bytes) -> tuple[int, int]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Another download would be the same bomb: not worth a retry.
         raise DownloadError(
-            "downloaded image announces more pixels than imaged decodes (a decompression bomb)",
+            "the image announces more pixels than imaged decodes (a decompression bomb)",
             code="decompression_bomb",
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise DownloadError(
-            f"downloaded image is unreadable: {type(exc).__name__}", code="corrupt_image", retryable=True
+            f"the image is unreadable: {type(exc).__name__}", code="corrupt_image", retryable=True
         ) from exc

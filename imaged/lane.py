@@ -7,6 +7,7 @@ message to the supervisor, which owns the job as a task, acks when the job is do
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -48,7 +49,12 @@ class Lane:
 
     async def start(self, providers: list[str]) -> None:
         self.channel = await self.broker.open_consumer_channel(prefetch=self.limits.capacity)
-        self.consumer = Consumer(self.broker, self.channel, self.queue_name, self.on_message, providers)
+        self.consumer = Consumer(
+            self.channel,
+            self.queue_name,
+            self.on_message,
+            functools.partial(self.broker.declare, providers=providers),
+        )
         await self.consumer.start()
         log.info("lane %s consuming (%d slots)", self.provider.name, self.limits.capacity)
 

@@ -167,8 +167,8 @@ class WebhookReceiver:
 
 @asynccontextmanager
 async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
-    """A :class:`WebhookReceiver` on a free loopback port for the block, at ``<url>/hook``."""
+    """A :class:`WebhookReceiver` on a free loopback port for the block, at ``<url>/hook`` (and any path below)."""
     hook = WebhookReceiver()
-    async with serve([("POST", "/hook", hook.handle)]) as served:
+    async with serve([("POST", "/hook{tail:.*}", hook.handle)]) as served:
         hook.url = f"{served.url}/hook"
         yield hook

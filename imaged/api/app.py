@@ -75,6 +75,7 @@ def create_app(deps: ApiDeps) -> web.Application:
     app[AUTH_KEY] = Authenticator(s, deps.api_keys)
     app[LIMITER_KEY] = RateLimiter(s.create_rate_per_s, s.create_burst)
     app[AUTH_FAILURES_KEY] = RateLimiter(s.auth_failures_per_s, s.auth_failures_burst)
+    app[stream.STREAMS_KEY] = {}
     app[HTTP_REQUESTS_KEY] = Counter(
         "imaged_http_requests_total",
         "HTTP requests by method, route and status code",

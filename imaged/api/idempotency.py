@@ -1,7 +1,9 @@
 """Which task a create request belongs to, so that a client's retry never pays twice.
 
 - ``Idempotency-Key`` (any POST that creates a task, native or OpenAI): the same key from the same tenant names the
-  same task (its id is derived from tenant and key); the key reused with a different request body is 409.
+  same task (its id is derived from tenant and key); the key reused with a different request body is 409. A body
+  that names its own ``task_id`` has its idempotency key already: that id wins, and the header only adds the
+  check of the body.
 - Without a key, a retry the client itself marks (``X-Stainless-Retry-Count`` >= 1: the OpenAI SDK and every
   client generated like it number their retries) of the same body from the same tenant, within
   :data:`RETRY_WINDOW`, finds the task of the first attempt (the answer to it may simply have been lost).
@@ -73,7 +75,11 @@ async def attach(
 def check_same_request(task: Task, attachment: Attachment) -> None:
     """After a create: two requests raced for one key, and this one lost to a different body: 409."""
     if task.fingerprint not in (None, attachment.fingerprint):
-        raise ApiError(409, f"{IDEMPOTENCY_HEADER} was used at the same time with a different request")
+        raise ApiError(
+            409,
+            f"task {task.id} belongs to a different request: its task_id or {IDEMPOTENCY_HEADER} was used with "
+            "another body",
+        )
 
 
 def _is_retry(request: web.Request) -> bool:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..auth import Principal
 from ..catalog import ModelSpec
 from ..contract import ErrorCategory, Request, Status
-from ..errors import InvalidRequest, StorageError
+from ..errors import DownloadError, InvalidRequest, StorageError
 from ..image_format import sniff
 from ..intake import TaskIdTaken, describe_validation_error
 from ..task import Task
@@ -53,9 +53,16 @@ IGNORED = (
 _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 #: a form field of /v1/images/edits longer than this is refused
 MAX_FIELD_BYTES = 64 * 1024
+MAX_FIELDS = 64
+#: an uploaded image wider or taller than this is refused
+UPLOAD_SIDE_MAX = 16384
 MAX_UPLOADS = 16
+#: a form holds at most this many uploads' worth of bytes in all (each upload is capped on its own too)
+FORM_UPLOADS_WORTH = 4
 #: b64_json answers carry images of at most this many bytes each
 MAX_B64_IMAGE_BYTES = 32 * 1024 * 1024
+#: and at most this many bytes of images in all (beyond: ask for urls; the same request attaches to its task)
+MAX_B64_TOTAL_BYTES = 64 * 1024 * 1024
 
 
 class ImagesRequest(BaseModel):
@@ -126,12 +133,14 @@ async def _create(
         raise ApiError(400, describe_validation_error(exc)) from None
     spec = _model(d, parsed.model)
     uploads = [_digest(data) for data in [*images, *([mask] if mask is not None else [])]]
-    attached = await attach(request, d.tasks, who.tenant, {**body, "uploads": uploads}, None)
+    # How the answer is shaped is not part of the request: asking again for urls attaches to the same task.
+    asked = {k: v for k, v in body.items() if k != "response_format"}
+    attached = await attach(request, d.tasks, who.tenant, {**asked, "uploads": uploads}, None)
     if attached.existing is None or attached.existing.status is Status.PENDING:
-        urls = [await _upload(request, d, attached.task_id, i, data) for i, data in enumerate(images)]
-        mask_url = (
-            await _upload(request, d, attached.task_id, len(images), mask) if mask is not None else None
-        )
+        urls = [
+            await _upload(request, d, data, digest) for data, digest in zip(images, uploads, strict=False)
+        ]
+        mask_url = await _upload(request, d, mask, uploads[-1]) if mask is not None else None
         req = _task_request(d, spec, parsed, urls, mask_url)
         try:
             submitted = await submit(d, req, attached.task_id, who, attached.fingerprint)
@@ -192,6 +201,7 @@ async def _answer(request: web.Request, d: ApiDeps, task: Task, response_format:
         return _task_error(task)
     result = task.result or {}
     data = []
+    b64_bytes = 0
     for image in result.get("images", []):
         entry: dict[str, Any] = {"revised_prompt": result.get("actual_prompt") or result.get("prompt")}
         storage_url = image.get("storage_url") or _file_url(image.get("local_path"))
@@ -200,6 +210,15 @@ async def _answer(request: web.Request, d: ApiDeps, task: Task, response_format:
         try:
             if response_format == "b64_json":
                 raw = await d.images.read(storage_url, MAX_B64_IMAGE_BYTES)
+                b64_bytes += len(raw)
+                if b64_bytes > MAX_B64_TOTAL_BYTES:
+                    return openai_error(
+                        400,
+                        f"the images are more than {MAX_B64_TOTAL_BYTES // 2**20} MiB in all: too large for "
+                        f"b64_json; ask for response_format=url (the same request gets the same task {task.id})",
+                        code="response_too_large",
+                        retry=False,
+                    )
                 entry["b64_json"] = base64.b64encode(raw).decode()
             else:
                 entry["url"] = await image_link(
@@ -243,18 +262,28 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def _upload(request: web.Request, d: ApiDeps, task_id: str, index: int, data: bytes) -> str:
-    """An uploaded input image, kept in the image store, as a URL the provider can fetch (imaged never does)."""
+async def _upload(request: web.Request, d: ApiDeps, data: bytes, digest: str) -> str:
+    """An uploaded input image, kept in the image store, as a URL the provider can fetch (imaged never does).
+
+    Named by its content (``input_<sha256>``): the same image uploaded twice, by concurrent retries or by two
+    tasks, is the same object, and no request can replace another's input.
+    """
     kind = sniff(data[:64])
     if kind is None:
-        raise ApiError(400, f"image {index}: not a PNG, JPEG, GIF or WebP image")
+        raise ApiError(400, "image: not a PNG, JPEG, GIF or WebP image")
     if d.images is None:
         raise ApiError(503, "the image store is not available")
     ext, content_type = kind
-    writer = d.images.writer(f"input_{task_id}_{index}.{ext}", content_type)
+    writer = d.images.writer(f"input_{digest[:32]}.{ext}", content_type)
     try:
         await writer.write(data)
-        stored = await writer.commit(side_max=16384, size=None)
+        stored = await writer.commit(side_max=UPLOAD_SIDE_MAX, size=None)
+    except DownloadError as exc:  # not a readable image, or too large a one: the upload is at fault
+        await writer.abort()
+        raise ApiError(400, f"image: {exc.message}") from None
+    except StorageError as exc:
+        await writer.abort()
+        raise ApiError(503, f"the image store is not available: {exc}") from None
     except BaseException:
         await writer.abort()
         raise
@@ -287,11 +316,15 @@ async def _parse_multipart(
     reader = await request.multipart()
     fields: dict[str, Any] = {}
     uploads: list[tuple[str, bytes]] = []
+    budget = FORM_UPLOADS_WORTH * max_upload
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader) or part.name is None:
             raise ApiError(400, "nested multipart bodies are not accepted")
-        limit = max_upload if part.filename is not None else MAX_FIELD_BYTES
+        if len(fields) >= MAX_FIELDS:
+            raise ApiError(400, f"at most {MAX_FIELDS} form fields")
+        limit = min(max_upload if part.filename is not None else MAX_FIELD_BYTES, budget)
         data = await _read_part(part, limit)
+        budget -= len(data)
         if part.filename is not None:
             if len(uploads) >= MAX_UPLOADS:
                 raise ApiError(400, f"at most {MAX_UPLOADS} files")

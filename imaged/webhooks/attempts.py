@@ -1,17 +1,18 @@
 """The record of webhook attempts: collection ``webhook_attempts``, one document per attempt.
 
 What ``imaged webhooks list`` shows and what a replay sends again. A document holds what an operator needs
-(event, attempt, when, outcome, status or error, latency) and the event's JSON text for a replay; the URL is
-stored without user info and redacted (a query may carry the receiver's token), so the real URL is never read
+(event, attempt, when, outcome, status or error, latency) and the event's JSON text for a replay; of the URL only
+the scheme, host and port are kept (receivers put tokens in paths and queries), so the real URL is never read
 back from here: a replay takes it from the task.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
@@ -45,8 +46,12 @@ class Outcome(StrEnum):
     REFUSED = "refused"  # the URL may not be reached (or cannot be signed): never tried again
 
 
-def shown_url(url: str, redactor: Redactor) -> str:
-    """``url`` fit to store and show: no user info, no fragment, secrets in the query masked."""
+def shown_url(url: str) -> str:
+    """``url`` fit to store, log and show: scheme, host and port, and a short digest of the rest.
+
+    Receivers put their tokens anywhere (``/services/T/B/<token>``, ``?code=...``), so nothing after the host is
+    shown; the digest tells URLs of the same host apart.
+    """
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -56,7 +61,8 @@ def shown_url(url: str, redactor: Redactor) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
-    return redactor.text(urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")))
+    digest = hashlib.sha256(url.encode("utf-8", "replace")).hexdigest()[:12]
+    return f"{parts.scheme}://{netloc}/... ({digest})"
 
 
 class AttemptLog:
@@ -91,7 +97,7 @@ class AttemptLog:
             "event_id": event_id,
             "event": event,
             "delivery_id": delivery_id,
-            "url": shown_url(url, self.redactor),
+            "url": shown_url(url),
             "attempt": attempt,
             "at": utcnow(),
             "outcome": outcome.value,

@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from ..broker import Topology, settle
+from ..broker import Consumer, Topology, settle
 from ..contract import TERMINAL_WEBHOOK_EVENTS
 from ..metrics import Metrics
 from ..netguard import RefusedURL, check_url
@@ -129,6 +129,12 @@ class WebhookDispatcher:
             queue, self.queue = self.queue, None
             await queue.close()
         await self.sender.close()
+
+    @property
+    def consumers(self) -> list[Consumer]:
+        """The consumers to keep alive (the daemon's connection watch calls their ``ensure``)."""
+        consumer = self.queue.consumer if self.queue is not None else None
+        return [consumer] if consumer is not None else []
 
     def _require_queue(self) -> WebhookQueue:
         if self.queue is None:
@@ -259,7 +265,7 @@ class WebhookDispatcher:
         an attempt is never made again only because its record could not be written."""
         if self.metrics is not None:
             self.metrics.webhook_deliveries.labels(outcome.value).inc()
-        where = shown_url(delivery.url, self.redactor)
+        where = shown_url(delivery.url)
         fields = {"task_id": delivery.task_id, "event_id": delivery.event_id, "attempt": delivery.attempt}
         what = f"status {result.status}" if result.status is not None else result.error
         if outcome in (Outcome.GAVE_UP, Outcome.REFUSED):

@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from ..broker import Topology, json_object, persistent_message
+from ..broker import Consumer, Topology, json_object, persistent_message
 from ..provenance import SIGNATURE_HEADER
 
 _KEY_ID = "webhook-queue-key"
@@ -100,8 +100,8 @@ class WebhookQueue:
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None
         self.consumer_channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
+        #: consumption of the due queue, restored when the broker cancels it (``Consumer.ensure``)
+        self.consumer: Consumer | None = None
 
     async def connect(self, *, timeout_s: float = 10.0) -> None:
         self.connection = await aio_pika.connect_robust(
@@ -163,14 +163,14 @@ class WebhookQueue:
         assert self.connection is not None
         self.consumer_channel = await self.connection.channel(publisher_confirms=True)
         await self.consumer_channel.set_qos(prefetch_count=prefetch)
-        self._queue = await self.declare(self.consumer_channel)
-        self._tag = await self._queue.consume(callback)
+        await self.declare(self.consumer_channel)
+        self.consumer = Consumer(self.consumer_channel, self.topology.webhooks, callback, self.declare)
+        await self.consumer.start()
 
     async def stop_consuming(self) -> None:
-        if self._queue is not None and self._tag is not None:
-            tag, self._tag = self._tag, None
-            with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
-                await self._queue.cancel(tag)
+        if self.consumer is not None:
+            consumer, self.consumer = self.consumer, None
+            await consumer.cancel()
 
     async def close(self) -> None:
         """Close the connection: deliveries taken but not acknowledged go back to the queue."""

@@ -71,9 +71,14 @@ class Sender:
             await session.close()
 
     def _error(self, exc: BaseException) -> str:
-        # aiohttp's texts name host and port at most; redacted anyway, as everything stored is.
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return self.redactor.text(text)[:ERROR_MAX_CHARS]
+        """What went wrong, in words that never carry the URL (aiohttp's texts may quote it whole)."""
+        if isinstance(exc, TimeoutError):
+            return f"TimeoutError: no answer within {self.timeout.total:g} s"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return f"{type(exc).__name__}: cannot connect to {exc.host}:{exc.port}"
+        if isinstance(exc, OSError) and exc.strerror:
+            return f"{type(exc).__name__}: {exc.strerror}"[:ERROR_MAX_CHARS]
+        return type(exc).__name__
 
     async def send(self, url: str, msg_id: str, body: bytes) -> AttemptResult:
         """Make one attempt; never raises for anything the receiver or the network does."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import aiohttp
 import pytest
 
+from imaged.api import stream
 from imaged.daemon import Daemon
+from imaged.simulator import Simulator
 
 from .conftest import Credentials
 from .support import call, seed_json
@@ -80,3 +83,32 @@ async def test_another_tenant_gets_404_and_nobody_unauthenticated(
     assert status == 404 and events == []
     status, _, _ = await read_stream(http, f"{base}/{task_id}/events", {})
     assert status == 401
+
+
+async def test_a_client_that_leaves_releases_its_stream(
+    api_daemon: Daemon,
+    creds: Credentials,
+    http: aiohttp.ClientSession,
+    simulator: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stream, "PING_S", 0.2)  # the pause after which a stream checks on its client
+    async with http.post(f"{simulator.url}/_sim/config", json={"task_seconds": 30}) as resp:
+        assert resp.status == 200
+    base = f"{api_daemon.http_url}/api/v1/tasks"
+    alice = creds.headers("alice")
+    created = await call(http, "POST", base, headers=alice, json_body=seed_json("wanx2.1-t2i-turbo"))
+    task_id = created.body["results"]["task_id"]
+    assert api_daemon._runner is not None
+    open_streams = api_daemon._runner.app[stream.STREAMS_KEY]
+    async with http.get(f"{base}/{task_id}/events", headers=alice) as resp:
+        assert resp.status == 200
+        first = await resp.content.readuntil(b"\r\n\r\n")  # the separator aiohttp-sse writes
+        assert b"task.pending" in first
+        assert open_streams == {"alice": 1} and task_id in api_daemon.event_hub.streams
+        resp.close()  # the client goes away mid-task
+    async with asyncio.timeout(10):
+        while True:  # released within a few pauses (state to poll: nothing here signals it)
+            if not open_streams and not api_daemon.event_hub.streams:
+                break
+            await asyncio.sleep(0.1)

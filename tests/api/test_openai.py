@@ -130,6 +130,36 @@ async def test_models_and_errors_in_the_openai_shape(client: openai.AsyncOpenAI,
             await stranger.images.generate(model="wanx2.1-t2i-turbo", prompt="a fox")
 
 
+async def test_broken_uploads_are_refused_with_400_and_never_reach_a_provider(
+    client: openai.AsyncOpenAI, simulator: Simulator
+) -> None:
+    before = await submits(simulator, "aliyun")
+    truncated = png(64, 48)[:40]  # a PNG signature, then nothing readable
+    with pytest.raises(openai.BadRequestError) as broken:
+        await client.images.edit(
+            model="wan2.5-i2i-preview", image=("fox.png", truncated, "image/png"), prompt="in blue"
+        )
+    assert "image: the image is unreadable" in broken.value.message
+    assert broken.value.response.headers["x-should-retry"] == "false"
+    with pytest.raises(openai.BadRequestError) as not_an_image:
+        await client.images.edit(
+            model="wan2.5-i2i-preview",
+            image=("fox.png", b"GIF? no: plain text", "image/png"),
+            prompt="in blue",
+        )
+    assert "not a PNG, JPEG, GIF or WebP" in not_an_image.value.message
+    too_many = {f"field{i}": str(i) for i in range(70)}
+    with pytest.raises(openai.BadRequestError) as fields:
+        await client.images.edit(
+            model="wan2.5-i2i-preview",
+            image=("fox.png", png(64, 48), "image/png"),
+            prompt="x",
+            extra_body=too_many,
+        )
+    assert "at most 64 form fields" in fields.value.message
+    assert await submits(simulator, "aliyun") == before
+
+
 class DropFirstResponse:
     """A TCP proxy in front of imaged that forwards the first request but drops its response (the connection
     closes when the answer starts), as a flaky network would; later connections pass through."""

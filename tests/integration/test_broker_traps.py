@@ -15,10 +15,13 @@ from ..support import AMQP_URL, Bus, seed_body
 pytestmark = pytest.mark.timeout(90)
 
 
-async def test_consumer_cancelled_by_the_broker_is_restored(daemon: Daemon, bus: Bus) -> None:
+@pytest.mark.parametrize("queue_name", ["work.liblibai", "webhooks"])
+async def test_consumer_cancelled_by_the_broker_is_restored(
+    daemon: Daemon, bus: Bus, queue_name: str
+) -> None:
     # Deleting a queue makes the broker cancel its consumers (basic.cancel): the daemon must notice and
-    # consume again once the queue is back, or the lane would sit idle while its queue fills.
-    lane_queue = f"{daemon.settings.amqp_prefix}.work.liblibai"
+    # consume again once the queue is back, or the lane (or the webhook deliveries) would sit idle.
+    lane_queue = f"{daemon.settings.amqp_prefix}.{queue_name}"
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
