@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
+from pymongo.errors import PyMongoError
 
 from ..contract import Status
 from ..event_hub import EventsUnavailable
@@ -116,7 +117,10 @@ async def _follow(
         except TimeoutError:
             if not stream.is_connected() or request.transport is None or request.transport.is_closing():
                 return
-            current = await store.get(task.id) or current
+            try:
+                current = await store.get(task.id) or current
+            except PyMongoError:  # the database is away: the live feed goes on; read again at the next pause
+                continue
             for event in stored_events(current):
                 last = await _send(stream, event, last)
             continue
