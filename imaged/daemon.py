@@ -371,7 +371,12 @@ class Daemon:
                         *(lane.consumer for lane in self.lanes if lane.consumer),
                         *self.webhooks.consumers,
                     ]:
-                        await consumer.ensure()
+                        try:  # one consumer's trouble (its connection reconnecting) must not skip the rest
+                            await consumer.ensure()
+                        except Exception as exc:  # noqa: BLE001 - checked again in 5 s
+                            log.warning(
+                                "consumer check of %s failed: %s", consumer.queue_name, type(exc).__name__
+                            )
                 await self.readiness()
             except Exception:
                 log.exception("connection check failed")

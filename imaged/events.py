@@ -9,6 +9,7 @@ same event (same ``event_id``).
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import logging
 from typing import Any, Protocol
@@ -19,6 +20,9 @@ from .store import TaskStore
 from .task import Task
 
 log = logging.getLogger(__name__)
+
+#: how long a non-terminal event's webhook may take to queue before it is skipped (the task does not wait longer)
+NON_TERMINAL_ENQUEUE_S = 5.0
 
 
 class EventSink(abc.ABC):
@@ -113,7 +117,8 @@ class EventPublisher:
             await self.webhooks.enqueue(task, event)  # raises: the caller's retry sends the event again
             return
         try:
-            await self.webhooks.enqueue(task, event)
+            async with asyncio.timeout(NON_TERMINAL_ENQUEUE_S):
+                await self.webhooks.enqueue(task, event)
         except Exception as exc:  # noqa: BLE001 - the task goes on; only its progress webhook is skipped
             # Non-terminal events are not stored, so no retry would send them again: never let their webhook
             # hold up (or strand) the task itself.

@@ -215,7 +215,7 @@ async def _answer(request: web.Request, d: ApiDeps, task: Task, response_format:
                     return openai_error(
                         400,
                         f"the images are more than {MAX_B64_TOTAL_BYTES // 2**20} MiB in all: too large for "
-                        f"b64_json; ask for response_format=url (the same request gets the same task {task.id})",
+                        f"b64_json; ask for response_format=url with the same Idempotency-Key (task {task.id})",
                         code="response_too_large",
                         retry=False,
                     )
@@ -278,12 +278,18 @@ async def _upload(request: web.Request, d: ApiDeps, data: bytes, digest: str) ->
     try:
         await writer.write(data)
         stored = await writer.commit(side_max=UPLOAD_SIDE_MAX, size=None)
-    except DownloadError as exc:  # not a readable image, or too large a one: the upload is at fault
+    except DownloadError as exc:
         await writer.abort()
-        raise ApiError(400, f"image: {exc.message}") from None
-    except StorageError as exc:
+        if exc.code == "storage_error":  # the store failed, not the upload
+            raise ApiError(
+                503, f"the image store is not available: {exc.message}", {"Retry-After": "5"}
+            ) from None
+        raise ApiError(400, f"image: {exc.message}") from None  # unreadable, or too large an image
+    except (StorageError, OSError) as exc:
         await writer.abort()
-        raise ApiError(503, f"the image store is not available: {exc}") from None
+        raise ApiError(
+            503, f"the image store is not available: {type(exc).__name__}", {"Retry-After": "5"}
+        ) from None
     except BaseException:
         await writer.abort()
         raise
@@ -316,18 +322,20 @@ async def _parse_multipart(
     reader = await request.multipart()
     fields: dict[str, Any] = {}
     uploads: list[tuple[str, bytes]] = []
-    budget = FORM_UPLOADS_WORTH * max_upload
+    total = FORM_UPLOADS_WORTH * max_upload
+    budget, parts = total, 0
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader) or part.name is None:
             raise ApiError(400, "nested multipart bodies are not accepted")
-        if len(fields) >= MAX_FIELDS:
+        parts += 1  # every part counts, named alike or not
+        if part.filename is None and parts - len(uploads) > MAX_FIELDS:
             raise ApiError(400, f"at most {MAX_FIELDS} form fields")
-        limit = min(max_upload if part.filename is not None else MAX_FIELD_BYTES, budget)
-        data = await _read_part(part, limit)
+        if part.filename is not None and len(uploads) >= MAX_UPLOADS:
+            raise ApiError(400, f"at most {MAX_UPLOADS} files")
+        own_limit = max_upload if part.filename is not None else MAX_FIELD_BYTES
+        data = await _read_part(part, min(own_limit, budget), in_all=(total if budget < own_limit else None))
         budget -= len(data)
         if part.filename is not None:
-            if len(uploads) >= MAX_UPLOADS:
-                raise ApiError(400, f"at most {MAX_UPLOADS} files")
             uploads.append((part.name, data))
             continue
         text = data.decode("utf-8", errors="replace")
@@ -340,12 +348,15 @@ async def _parse_multipart(
     return fields, uploads
 
 
-async def _read_part(part: BodyPartReader, limit: int) -> bytes:
+async def _read_part(part: BodyPartReader, limit: int, in_all: int | None) -> bytes:
+    """The part's bytes, at most ``limit``; ``in_all``: the limit is what is left of the form's total."""
     chunks: list[bytes] = []
     size = 0
     while chunk := await part.read_chunk(64 * 1024):
         size += len(chunk)
         if size > limit:
+            if in_all is not None:
+                raise ApiError(413, f"the form is larger than {in_all} bytes in all")
             raise ApiError(413, f"{part.name}: larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)

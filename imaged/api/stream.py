@@ -10,6 +10,7 @@ ends after an hour (the client reconnects and resumes); a tenant may hold 100 st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -83,7 +84,8 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     open_streams[tenant] = open_streams.get(tenant, 0) + 1
     try:
         async with d.subscribe(task.id) as live, sse_response(request, ping_interval=PING_S) as stream:
-            await _follow(request, task, live, stream, last)
+            with contextlib.suppress(ConnectionResetError):  # the client left while an event was on its way
+                await _follow(request, task, live, stream, last)
     except EventsUnavailable as exc:
         raise ApiError(503, f"event streams are not available now: {exc}", {"Retry-After": "5"}) from None
     finally:

@@ -9,6 +9,7 @@ back from here: a replay takes it from the task.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -46,11 +47,12 @@ class Outcome(StrEnum):
     REFUSED = "refused"  # the URL may not be reached (or cannot be signed): never tried again
 
 
-def shown_url(url: str) -> str:
-    """``url`` fit to store, log and show: scheme, host and port, and a short digest of the rest.
+def shown_url(url: str, key: bytes) -> str:
+    """``url`` fit to store, log and show: scheme, host and port, and a short keyed digest of the whole.
 
     Receivers put their tokens anywhere (``/services/T/B/<token>``, ``?code=...``), so nothing after the host is
-    shown; the digest tells URLs of the same host apart.
+    shown; the digest tells URLs of the same host apart, and being keyed (HMAC with a key the replicas share) it
+    cannot be used to guess a short token offline.
     """
     try:
         parts = urlsplit(url)
@@ -61,7 +63,7 @@ def shown_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
-    digest = hashlib.sha256(url.encode("utf-8", "replace")).hexdigest()[:12]
+    digest = hmac.new(key, url.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:12]
     return f"{parts.scheme}://{netloc}/... ({digest})"
 
 
@@ -92,12 +94,13 @@ class AttemptLog:
         latency_ms: float | None = None,
         next_attempt_at: datetime | None = None,
     ) -> dict[str, Any]:
+        """Store one attempt; ``url`` as :func:`shown_url` gives it (never the real one)."""
         doc: dict[str, Any] = {
             "task_id": task_id,
             "event_id": event_id,
             "event": event,
             "delivery_id": delivery_id,
-            "url": shown_url(url),
+            "url": url,
             "attempt": attempt,
             "at": utcnow(),
             "outcome": outcome.value,

@@ -32,7 +32,7 @@ from ..netguard import RefusedURL, check_url
 from ..redact import Redactor
 from ..retry import CRASHED, OUTAGE
 from ..task import Task
-from .attempts import AttemptLog, Outcome, shown_url
+from .attempts import AttemptLog, Outcome
 from .queue import Delivery, WebhookQueue, load_queue_key
 from .schedule import next_wait
 from .sender import AttemptResult, Result, Sender
@@ -265,7 +265,7 @@ class WebhookDispatcher:
         an attempt is never made again only because its record could not be written."""
         if self.metrics is not None:
             self.metrics.webhook_deliveries.labels(outcome.value).inc()
-        where = shown_url(delivery.url)
+        where = self._require_queue().shown(delivery.url)
         fields = {"task_id": delivery.task_id, "event_id": delivery.event_id, "attempt": delivery.attempt}
         what = f"status {result.status}" if result.status is not None else result.error
         if outcome in (Outcome.GAVE_UP, Outcome.REFUSED):
@@ -281,7 +281,7 @@ class WebhookDispatcher:
                     event_id=delivery.event_id,
                     event=delivery.event,
                     delivery_id=delivery.delivery_id,
-                    url=delivery.url,
+                    url=where,
                     attempt=delivery.attempt,
                     outcome=outcome,
                     body=delivery.body,

@@ -30,6 +30,7 @@ from pymongo.errors import DuplicateKeyError
 
 from ..broker import Consumer, Topology, json_object, persistent_message
 from ..provenance import SIGNATURE_HEADER
+from .attempts import shown_url
 
 _KEY_ID = "webhook-queue-key"
 
@@ -128,6 +129,10 @@ class WebhookQueue:
                 },
             )
         return due
+
+    def shown(self, url: str) -> str:
+        """``url`` as it may be stored and logged (``attempts.shown_url``, keyed with this queue's key)."""
+        return shown_url(url, self._key)
 
     def _sign(self, body: bytes) -> str:
         return hmac.new(self._key, body, hashlib.sha256).hexdigest()

@@ -160,6 +160,23 @@ async def test_broken_uploads_are_refused_with_400_and_never_reach_a_provider(
     assert await submits(simulator, "aliyun") == before
 
 
+async def test_a_form_of_one_name_repeated_is_capped_too(api_daemon: Daemon) -> None:
+    form = aiohttp.FormData()
+    form.add_field("image", png(8, 8), filename="a.png", content_type="image/png")
+    for i in range(200):  # the same name again and again: each part counts
+        form.add_field("prompt", f"take {i}")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{api_daemon.http_url}/v1/images/edits",
+            data=form,
+            headers={"Authorization": f"Bearer {ALICE_KEY}"},
+        ) as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == 400 and "at most 64 form fields" in body["error"]["message"]
+
+
 class DropFirstResponse:
     """A TCP proxy in front of imaged that forwards the first request but drops its response (the connection
     closes when the answer starts), as a flaky network would; later connections pass through."""
