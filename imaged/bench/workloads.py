@@ -26,7 +26,7 @@ from ..broker import Topology, publish_request
 from ..image_format import image_name
 from ..images import CHUNK_BYTES, ImageDownloader
 from ..netguard import AddressPolicy, guarded_connector
-from ..storage import LocalStore
+from ..storage import ImageStore, LocalStore
 from ..storage.s3 import S3Settings, S3Store
 from .processes import Daemon, Emulator, usage
 from .references import raw_download, raw_upload, task_document
@@ -250,41 +250,63 @@ class Stage:
         return RunResult(count, seconds, failed, commands, cpu, arrivals)
 
 
-async def download_benchmark(emulator: Emulator, work_dir: Path, megabytes: int) -> dict[str, Any]:
-    """B4: one large image through imaged's downloader, against a bare aiohttp download of the same file."""
+@dataclass
+class Measured:
+    """One image through imaged's downloader into a store: how long, and the memory it took."""
+
+    seconds: float
+    storage_url: str
+    peak_alloc: int
+    rss_growth: int
+
+
+def bench_image_url(emulator: Emulator, megabytes: int) -> str:
     side = int((megabytes * 1_000_000 / 3) ** 0.5)  # noise PNGs take about 3 bytes a pixel
-    url = f"{emulator.url}/_sim/images/liblibai_bench_0_{side}x{side}_noise.png"
-    async with aiohttp.ClientSession() as http, http.get(url) as resp:  # the emulator renders it once
-        resp.raise_for_status()
-        await resp.read()
-    raw_s, size = await raw_download(url, work_dir / "raw.bin", CHUNK_BYTES)
-    target = work_dir / "b4-images"
+    return f"{emulator.url}/_sim/images/liblibai_bench_0_{side}x{side}_noise.png"
+
+
+async def measure_download(url: str, store: ImageStore, max_bytes: int) -> Measured:
+    """Download ``url`` into ``store`` with imaged's downloader, timed, with Python's peak allocation and RSS."""
     before = usage(os.getpid())
     tracemalloc.start()
     try:
         policy = AddressPolicy(["127.0.0.0/8", "::1/128"])  # the emulator, on loopback
         async with aiohttp.ClientSession(connector=guarded_connector(policy)) as http:
-            store = LocalStore(target)
-            downloader = ImageDownloader(http, store, max_bytes=size * 2, timeout_s=300, policy=policy)
+            downloader = ImageDownloader(http, store, max_bytes=max_bytes, timeout_s=300, policy=policy)
             started = time.perf_counter()
             saved = await downloader.download(
                 url, lambda ext: image_name("liblibai", datetime.now(), 0, ext, "bench")
             )
-            imaged_s = time.perf_counter() - started
+            seconds = time.perf_counter() - started
         _, peak_alloc = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     after = usage(os.getpid())
-    await store.delete([saved.storage_url])
+    return Measured(seconds, saved.storage_url, peak_alloc, max(0, after.peak_rss - before.peak_rss))
+
+
+def figures(size: int, measured: Measured, reference_s: float) -> dict[str, Any]:
     return {
         "bytes": size,
-        "mb_per_s": round(size / imaged_s / 1e6, 1),
-        "reference_mb_per_s": round(size / raw_s / 1e6, 1),
-        "ratio": round(raw_s / imaged_s, 3),
-        "python_peak_alloc_bytes": peak_alloc,
-        "rss_growth_bytes": max(0, after.peak_rss - before.peak_rss),
-        "chunk_bytes": CHUNK_BYTES,
+        "mb_per_s": round(size / measured.seconds / 1e6, 1),
+        "reference_mb_per_s": round(size / reference_s / 1e6, 1),
+        "ratio": round(reference_s / measured.seconds, 3),
+        "python_peak_alloc_bytes": measured.peak_alloc,
+        "rss_growth_bytes": measured.rss_growth,
     }
+
+
+async def download_benchmark(emulator: Emulator, work_dir: Path, megabytes: int) -> dict[str, Any]:
+    """B4: one large image through imaged's downloader, against a bare aiohttp download of the same file."""
+    url = bench_image_url(emulator, megabytes)
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:  # the emulator renders it once
+        resp.raise_for_status()
+        await resp.read()
+    raw_s, size = await raw_download(url, work_dir / "raw.bin", CHUNK_BYTES)
+    store = LocalStore(work_dir / "b4-images")
+    measured = await measure_download(url, store, max_bytes=size * 2)
+    await store.delete([measured.storage_url])
+    return {**figures(size, measured, raw_s), "chunk_bytes": CHUNK_BYTES}
 
 
 async def upload_benchmark(
@@ -292,40 +314,20 @@ async def upload_benchmark(
 ) -> dict[str, Any]:
     """B4 to S3: one large image streamed from the emulator into the bucket by imaged's downloader, against a raw
     upload of the same file with the same client (multipart, the same part size)."""
-    side = int((megabytes * 1_000_000 / 3) ** 0.5)  # noise PNGs take about 3 bytes a pixel
-    url = f"{emulator.url}/_sim/images/liblibai_bench_0_{side}x{side}_noise.png"
+    url = bench_image_url(emulator, megabytes)
     source = work_dir / "b4s3.png"
     _, size = await raw_download(url, source, CHUNK_BYTES, keep=True)
     store = S3Store(s3.model_copy(update={"prefix": f"{s3.prefix}bench-{secrets.token_hex(4)}/"}))
     await store.start()
     try:
         raw_s = await raw_upload(store, source, "raw.png")
-        before = usage(os.getpid())
-        tracemalloc.start()
-        try:
-            policy = AddressPolicy(["127.0.0.0/8", "::1/128"])  # the emulator, on loopback
-            async with aiohttp.ClientSession(connector=guarded_connector(policy)) as http:
-                downloader = ImageDownloader(http, store, max_bytes=size * 2, timeout_s=300, policy=policy)
-                started = time.perf_counter()
-                saved = await downloader.download(
-                    url, lambda ext: image_name("liblibai", datetime.now(), 0, ext, "bench")
-                )
-                imaged_s = time.perf_counter() - started
-            _, peak_alloc = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        after = usage(os.getpid())
-        await store.delete([saved.storage_url, f"s3://{store.bucket}/{store.prefix}raw.png"])
+        measured = await measure_download(url, store, max_bytes=size * 2)
+        await store.delete([measured.storage_url, f"s3://{store.bucket}/{store.prefix}raw.png"])
     finally:
         await store.close()
         await asyncio.to_thread(source.unlink, missing_ok=True)
     return {
-        "bytes": size,
-        "mb_per_s": round(size / imaged_s / 1e6, 1),
-        "reference_mb_per_s": round(size / raw_s / 1e6, 1),
-        "ratio": round(raw_s / imaged_s, 3),
-        "python_peak_alloc_bytes": peak_alloc,
-        "rss_growth_bytes": max(0, after.peak_rss - before.peak_rss),
+        **figures(size, measured, raw_s),
         "part_bytes": s3.part_bytes,
         "reference": "the same file uploaded from disk with the same client and part size",
     }

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ..daemons import DaemonProcess
 from ..support import AMQP_URL, MONGODB_URL, SEED_MODELS, Bus, seed_body
-from .harness import DaemonProcess
 
 pytestmark = pytest.mark.timeout(120)
 

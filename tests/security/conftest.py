@@ -13,9 +13,9 @@ import pytest
 from imaged.daemon import Daemon
 from imaged.metrics import Metrics
 
+from ..daemons import DaemonProcess
 from ..support import Bus
 from .hostile import HostileDashScope, InternalServer
-from .process import DaemonProcess
 from .support import (
     LeakLedger,
     LogCapture,

@@ -1,46 +1,47 @@
-"""``imaged run`` as a subprocess: its own HTTP port, its log (stdout and stderr) in a file, its memory readable
-from ``/proc``. The suite's own copy, so that it depends on the command line only, not on other suites' helpers."""
+"""``imaged run`` as a subprocess, for the suites that need the real command: its own HTTP port, its log (stdout
+and stderr) in a file, run in the log file's directory (no ``.env`` there: the environment is all it reads)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .servers import free_port
 
 
 class DaemonProcess:
-    """One ``python -m imaged run`` with the given environment, run in the log file's directory."""
+    """One ``imaged run`` subprocess with its own HTTP port and log file."""
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.name = name
         self.env = env
         self.log_path = log_path
+        self.args = args
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
 
     async def start(self) -> None:
         self.port = free_port()
-        with self.log_path.open("ab") as log:
+        env = {**self.env, "IMAGED_HTTP_PORT": str(self.port)}
+        log = self.log_path.open("ab")
+        try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "imaged",
                 "run",
-                env={**self.env, "IMAGED_HTTP_PORT": str(self.port)},
+                *self.args,
+                env=env,
                 stdout=log,
                 stderr=log,
-                cwd=str(self.log_path.parent),  # no .env file there: the environment is all it reads
+                cwd=str(self.log_path.parent),
             )
+        finally:
+            log.close()
 
     async def wait_ready(self, within: float = 30.0) -> None:
         url = f"http://127.0.0.1:{self.port}/health/ready"
@@ -54,7 +55,7 @@ class DaemonProcess:
                             return
                 except (aiohttp.ClientError, TimeoutError):
                     pass
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.2)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -66,15 +67,16 @@ class DaemonProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def terminate(self, within: float = 30.0) -> int:
-        """SIGTERM, and the exit code."""
+    async def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def terminate(self, within: float = 60.0) -> int:
+        """SIGTERM and wait for the exit code."""
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(within):
             return await self.proc.wait()
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
