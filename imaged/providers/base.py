@@ -284,6 +284,16 @@ def _scrub(text: str) -> str:
 MAX_REPLY_BYTES = 1024 * 1024
 
 
+def malformed(what: str, detail: str, status: int | None = None) -> ProviderError:
+    """A reply imaged cannot read (retryable: for a submit it is ambiguous, the task may exist)."""
+    return ProviderError(
+        f"{what}: malformed response ({detail})",
+        code="malformed_response",
+        retryable=True,
+        provider_status=status,
+    )
+
+
 class ReplyTooLarge(Exception):
     """A reply body over ``MAX_REPLY_BYTES``."""
 
@@ -336,11 +346,7 @@ async def request_json(
     except ReplyTooLarge:
         # Nothing a provider sends needs this much: a broken or hostile reply. For a submit it is ambiguous
         # (the task may exist), as any reply imaged cannot read.
-        raise ProviderError(
-            f"{what}: malformed response (reply larger than {MAX_REPLY_BYTES} bytes)",
-            code="malformed_response",
-            retryable=True,
-        ) from None
+        raise malformed(what, f"reply larger than {MAX_REPLY_BYTES} bytes") from None
     except aiohttp.ClientError as exc:
         raise ProviderError(
             f"{what}: connection failed ({type(exc).__name__}: {_scrub(str(exc))})",

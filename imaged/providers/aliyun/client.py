@@ -11,9 +11,17 @@ from pydantic import AliasChoices, Field, SecretStr
 from ...catalog import ModelSpec
 from ...contract import ErrorCategory
 from ...errors import ConfigError, InvalidRequest
-from ..base import Credential, PollResult, Provider, ProviderSettings, provider_config, request_json
+from ..base import (
+    Credential,
+    PollResult,
+    Provider,
+    ProviderSettings,
+    malformed,
+    provider_config,
+    request_json,
+)
 from ..params import validate_model
-from .errors import error_from_reply, malformed
+from .errors import error_from_reply
 from .params import FAMILIES, PARAMS, family_of, output_size, request_body
 from .replies import parse_task
 

@@ -77,12 +77,3 @@ def error_from_reply(reply: HttpReply, what: str) -> ProviderError:
         provider_status=reply.status,
         retry_after=reply.retry_after,
     )
-
-
-def malformed(what: str, detail: str, status: int | None = None) -> ProviderError:
-    return ProviderError(
-        f"{what}: malformed response ({detail})",
-        code="malformed_response",
-        retryable=True,
-        provider_status=status,
-    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ...contract import ErrorCategory, ErrorInfo
-from ..base import PollResult, ProviderImage, ProviderState
-from .errors import error_info, malformed
+from ..base import PollResult, ProviderImage, ProviderState, malformed
+from .errors import error_info
 
 _STATES: dict[str, ProviderState] = {
     "PENDING": ProviderState.QUEUED,

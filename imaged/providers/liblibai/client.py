@@ -18,11 +18,12 @@ from ..base import (
     Provider,
     ProviderSettings,
     ProviderState,
+    malformed,
     provider_config,
     request_json,
 )
 from ..params import got, validate_model
-from .errors import envelope_data, malformed
+from .errors import envelope_data
 from .lines import closest_ratio, comfy_batch, comfy_size
 from .params import ASPECT_SIZES, BASE_MODEL_FAMILIES, OFFICIAL_F1_CHECKPOINT, merge
 from .routes import STATUS_PATHS, LiblibOptions, fixed_params, params_model, route

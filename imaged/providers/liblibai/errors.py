@@ -6,7 +6,7 @@ from typing import Any
 
 from ...contract import ErrorCategory
 from ...errors import ProviderError
-from ..base import HttpReply
+from ..base import HttpReply, malformed
 
 _CODES: dict[int, tuple[ErrorCategory, bool, str]] = {
     401: (
@@ -77,15 +77,6 @@ def _envelope_code(body: Any) -> int | None:
     if isinstance(code, str) and code.strip().lstrip("-").isdigit():
         return int(code)
     return None
-
-
-def malformed(what: str, detail: str, status: int | None = None) -> ProviderError:
-    return ProviderError(
-        f"{what}: malformed response ({detail})",
-        code="malformed_response",
-        retryable=True,
-        provider_status=status,
-    )
 
 
 def envelope_data(reply: HttpReply, what: str) -> dict[str, Any]:

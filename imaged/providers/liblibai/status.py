@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...contract import ErrorCategory, ErrorInfo
-from ..base import PollResult, ProviderImage, ProviderState
-from .errors import malformed
+from ..base import PollResult, ProviderImage, ProviderState, malformed
 
 _AUDIT_APPROVED = 3
 _AUDIT_BLOCKED = 4
