@@ -13,6 +13,7 @@ of the model (``negative_prompt``, ``seed``, LiblibAI's fields...), checked like
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -132,7 +133,9 @@ async def _create(
     except ValidationError as exc:
         raise ApiError(400, describe_validation_error(exc)) from None
     spec = _model(d, parsed.model)
-    uploads = [_digest(data) for data in [*images, *([mask] if mask is not None else [])]]
+    # Hashing and encoding megabytes run in a worker thread, not on the event loop every request shares.
+    files = [*images, *([mask] if mask is not None else [])]
+    uploads = await asyncio.to_thread(lambda: [_digest(data) for data in files])
     # How the answer is shaped is not part of the request: asking again for urls attaches to the same task.
     asked = {k: v for k, v in body.items() if k != "response_format"}
     attached = await attach(request, d.tasks, who.tenant, {**asked, "uploads": uploads}, None)
@@ -219,7 +222,7 @@ async def _answer(request: web.Request, d: ApiDeps, task: Task, response_format:
                         code="response_too_large",
                         retry=False,
                     )
-                entry["b64_json"] = base64.b64encode(raw).decode()
+                entry["b64_json"] = (await asyncio.to_thread(base64.b64encode, raw)).decode()
             else:
                 entry["url"] = await image_link(
                     request, d.images, storage_url, key=d.link_key, ttl_s=d.settings.file_link_ttl_s
