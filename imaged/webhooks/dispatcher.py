@@ -29,11 +29,12 @@ from ..broker import Consumer, Topology, settle
 from ..contract import TERMINAL_WEBHOOK_EVENTS
 from ..metrics import Metrics
 from ..netguard import RefusedURL, check_url
+from ..provenance import LaneSigner
 from ..redact import Redactor
 from ..retry import CRASHED, OUTAGE
 from ..task import Task
-from .attempts import AttemptLog, Outcome
-from .queue import Delivery, WebhookQueue, load_queue_key
+from .attempts import AttemptLog, Outcome, shown_url
+from .queue import Delivery, WebhookQueue
 from .schedule import next_wait
 from .sender import AttemptResult, Result, Sender
 from .settings import WebhookSettings
@@ -83,6 +84,8 @@ class WebhookDispatcher:
             max_response_bytes=settings.max_response_bytes,
         )
         self.queue: WebhookQueue | None = None
+        #: keys the digests of the URLs that are stored and logged (set by ``open``)
+        self._url_key = b""
         self._inflight: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
@@ -92,7 +95,9 @@ class WebhookDispatcher:
         """Connect and declare the queues and indexes, without consuming (what ``replay`` needs)."""
         if self.queue is not None:
             return
-        queue = WebhookQueue(self.broker_url, self.topology, await load_queue_key(self.db))
+        shared = await LaneSigner.load(self.db["internal"])
+        self._url_key = shared.derived_key(b"webhook-urls")
+        queue = WebhookQueue(self.broker_url, self.topology, LaneSigner(shared.derived_key(b"webhook-queue")))
         await queue.connect()
         self.queue = queue
         await self.log.ensure_indexes()
@@ -265,7 +270,7 @@ class WebhookDispatcher:
         an attempt is never made again only because its record could not be written."""
         if self.metrics is not None:
             self.metrics.webhook_deliveries.labels(outcome.value).inc()
-        where = self._require_queue().shown(delivery.url)
+        where = shown_url(delivery.url, self._url_key)
         fields = {"task_id": delivery.task_id, "event_id": delivery.event_id, "attempt": delivery.attempt}
         what = f"status {result.status}" if result.status is not None else result.error
         if outcome in (Outcome.GAVE_UP, Outcome.REFUSED):

@@ -14,23 +14,16 @@ makes imaged sign a body and POST it to a URL. So every message carries an HMAC 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
 import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
 from ..broker import Consumer, Topology, json_object, persistent_message
-from ..provenance import SIGNATURE_HEADER
-from .attempts import shown_url
+from ..provenance import SIGNATURE_HEADER, LaneSigner
 
 _KEY_ID = "webhook-queue-key"
 
@@ -78,26 +71,14 @@ class Delivery:
         return delivery
 
 
-async def load_queue_key(db: AsyncDatabase[dict[str, Any]]) -> bytes:
-    """The replicas' shared key for queue messages (collection ``internal``), created by the first that needs it."""
-    internal = db["internal"]
-    doc = await internal.find_one({"_id": _KEY_ID})
-    if doc is None:
-        with contextlib.suppress(DuplicateKeyError):  # another replica was first
-            await internal.insert_one({"_id": _KEY_ID, "key": secrets.token_hex(32)})
-        doc = await internal.find_one({"_id": _KEY_ID})
-    if doc is None or not isinstance(doc.get("key"), str):
-        raise RuntimeError("the webhook queue key could not be read back")
-    return bytes.fromhex(doc["key"])
-
-
 class WebhookQueue:
     """A connection of its own, a confirmed publishing channel, the declared queues, and their consumer."""
 
-    def __init__(self, url: str, topology: Topology, key: bytes) -> None:
+    def __init__(self, url: str, topology: Topology, signer: LaneSigner) -> None:
+        """``signer`` signs and checks the messages (a key derived from the replicas' shared one)."""
         self.url = url
         self.topology = topology
-        self._key = key
+        self.signer = signer
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None
         self.consumer_channel: AbstractChannel | None = None
@@ -130,13 +111,6 @@ class WebhookQueue:
             )
         return due
 
-    def shown(self, url: str) -> str:
-        """``url`` as it may be stored and logged (``attempts.shown_url``, keyed with this queue's key)."""
-        return shown_url(url, self._key)
-
-    def _sign(self, body: bytes) -> str:
-        return hmac.new(self._key, body, hashlib.sha256).hexdigest()
-
     async def publish(self, delivery: Delivery, *, wait_tier: int | None = None, wait_s: float = 0.0) -> None:
         """Publish (confirmed) to the due queue, or to a wait queue for ``wait_s``; raises if the broker fails."""
         if self.channel is None:
@@ -147,7 +121,7 @@ class WebhookQueue:
             persistent_message(
                 body,
                 message_id=f"{delivery.delivery_id}:{delivery.attempt}",
-                headers={SIGNATURE_HEADER: self._sign(body)},
+                headers={SIGNATURE_HEADER: self.signer.sign(body)},
                 expiration=wait_s if wait_tier is not None else None,
             ),
             routing_key=routing_key,
@@ -155,10 +129,7 @@ class WebhookQueue:
 
     def read(self, message: AbstractIncomingMessage) -> Delivery | None:
         """The delivery a message carries, if imaged signed it; None otherwise."""
-        signature: Any = (message.headers or {}).get(SIGNATURE_HEADER)
-        if isinstance(signature, bytes):
-            signature = signature.decode("ascii", "replace")
-        if not isinstance(signature, str) or not hmac.compare_digest(self._sign(message.body), signature):
+        if not self.signer.verify(message.body, (message.headers or {}).get(SIGNATURE_HEADER)):
             return None
         return Delivery.from_bytes(message.body)
 
